@@ -1,0 +1,132 @@
+"""Backbone adapters: what distillation needs to know about a RecBole model.
+
+DE distils *representations* and RRD distils *scores*, so the plugin only needs, for any
+backbone, (a) a user and an item representation and (b) scores of chosen (user, item) pairs
+and of the full catalogue.  An adapter answers those questions for one RecBole model class;
+adding a backbone means adding one small class to :data:`ADAPTERS`.
+"""
+
+import torch
+
+
+class BackboneAdapter:
+    """Interface over a RecBole general recommender used as teacher or student."""
+
+    #: RecBole model names this adapter understands.
+    model_names = ()
+
+    def __init__(self, model):
+        self.model = model
+
+    @property
+    def user_dim(self):
+        raise NotImplementedError
+
+    @property
+    def item_dim(self):
+        raise NotImplementedError
+
+    def begin_step(self):
+        """Forget anything cached from the previous training step (or from other weights)."""
+
+    def user_repr(self, users):
+        """[n] user ids -> [n, user_dim] representation distilled by DE."""
+        raise NotImplementedError
+
+    def item_repr(self, items):
+        """[n] item ids -> [n, item_dim] representation distilled by DE."""
+        raise NotImplementedError
+
+    def score(self, users, items):
+        """[U] users and [U, X] items -> [U, X] ranking scores (used by RRD)."""
+        raise NotImplementedError
+
+    def all_scores(self, users):
+        """[U] users -> [U, n_items] scores over the whole catalogue (teacher ranking)."""
+        raise NotImplementedError
+
+
+class MFAdapter(BackboneAdapter):
+    """Matrix factorisation: the embeddings are the representations, scores are dot products."""
+
+    model_names = ("BPR",)
+
+    @property
+    def user_dim(self):
+        return self.model.user_embedding.embedding_dim
+
+    @property
+    def item_dim(self):
+        return self.model.item_embedding.embedding_dim
+
+    def user_repr(self, users):
+        return self.model.user_embedding(users)
+
+    def item_repr(self, items):
+        return self.model.item_embedding(items)
+
+    def score(self, users, items):
+        user_e = self.model.user_embedding(users)  # [U, d]
+        item_e = self.model.item_embedding(items)  # [U, X, d]
+        return torch.bmm(item_e, user_e.unsqueeze(-1)).squeeze(-1)
+
+    def all_scores(self, users):
+        return self.model.user_embedding(users) @ self.model.item_embedding.weight.t()
+
+
+class LightGCNAdapter(MFAdapter):
+    """LightGCN: the representations are the propagated (layer-averaged) embeddings.
+
+    One graph propagation serves every call until :meth:`begin_step` (the student calls it at
+    each training step; the frozen teacher once, after its weights are loaded).
+    """
+
+    model_names = ("LightGCN",)
+
+    def __init__(self, model):
+        super().__init__(model)
+        self._cache = None
+
+    def begin_step(self):
+        self._cache = None
+
+    def _propagated(self):
+        if self._cache is None:
+            self._cache = self.model.forward()
+        return self._cache
+
+    def user_repr(self, users):
+        return self._propagated()[0][users]
+
+    def item_repr(self, items):
+        return self._propagated()[1][items]
+
+    def score(self, users, items):
+        user_all, item_all = self._propagated()
+        return torch.bmm(item_all[items], user_all[users].unsqueeze(-1)).squeeze(-1)
+
+    def all_scores(self, users):
+        user_all, item_all = self._propagated()
+        return user_all[users] @ item_all.t()
+
+
+ADAPTERS = {name: cls for cls in (MFAdapter, LightGCNAdapter) for name in cls.model_names}
+
+
+def supported_backbones():
+    return sorted(ADAPTERS)
+
+
+def check_backbone(name, key):
+    """Raise a clear error when config ``key`` names a backbone without an adapter."""
+    if name not in ADAPTERS:
+        raise ValueError(
+            "%s=%r is not a supported backbone; supported: %s"
+            % (key, name, ", ".join(supported_backbones()))
+        )
+
+
+def adapter_for(model):
+    name = type(model).__name__
+    check_backbone(name, "model")
+    return ADAPTERS[name](model)

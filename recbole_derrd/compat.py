@@ -1,0 +1,144 @@
+"""Every work-around that RecBole 1.2.1 needs on today's Python stack, in one place.
+
+RecBole 1.2.1 (the newest release) predates numpy 2, pandas 3, setuptools 82, scipy 1.13 and
+torch 2.6.  Breaks that a version pin handles are pinned in ``setup.py`` and checked here at
+import time, so a wrong environment fails with a message that names the package instead of a
+confusing ``AttributeError`` deep inside RecBole.  Breaks that a pin cannot handle are worked
+around here, deliberately and narrowly:
+
+* torch >= 2.6 loads with ``weights_only=True`` by default, which rejects every RecBole
+  checkpoint (they pickle the ``Config``).  :func:`load_checkpoint` is the one place the plugin
+  reads a checkpoint; ``torch.load`` itself is never patched.
+* scipy >= 1.13 removed ``dok_matrix._update``, used by LightGCN/NGCF/GCMC/NCL/SpectralCF to
+  build their adjacency matrix.  :func:`install_scipy_dok_update` restores it.
+"""
+
+import os
+import re
+import sys
+import warnings
+from importlib import metadata
+
+#: package -> (exclusive upper bound, why).  Mirrors ``install_requires`` in setup.py.
+UPPER_BOUNDS = {
+    "numpy": ((2,), "RecBole uses np.float_ and ray 2.6.3 uses np.bool8, both removed in numpy 2"),
+    "pandas": ((3,), "pandas 3 makes RecBole's fillna a silent no-op and breaks token_seq fields"),
+    "setuptools": ((82,), "ray 2.6.3 (imported by recbole.quick_start) needs pkg_resources"),
+}
+MAX_PYTHON = (3, 12)  # exclusive: ray 2.6.3, a RecBole dependency, has no wheel for 3.12+
+
+
+def _version_tuple(text):
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+
+def stack_problems(versions, python_version=None):
+    """Return a readable problem per package whose version RecBole 1.2.1 cannot run with.
+
+    ``versions`` maps a distribution name to its version string (or None when absent).
+    """
+    problems = []
+    python_version = tuple(python_version or sys.version_info[:2])
+    if python_version >= MAX_PYTHON:
+        problems.append(
+            "Python %s: RecBole 1.2.1 needs Python < %s (ray 2.6.3 has no wheel for it)"
+            % (".".join(map(str, python_version)), ".".join(map(str, MAX_PYTHON)))
+        )
+    for name, (bound, why) in UPPER_BOUNDS.items():
+        found = versions.get(name)
+        if found is not None and _version_tuple(found) >= bound:
+            problems.append(
+                "%s %s is installed but must be < %s: %s"
+                % (name, found, ".".join(map(str, bound)), why)
+            )
+    return problems
+
+
+def installed_versions():
+    found = {}
+    for name in UPPER_BOUNDS:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def check_stack():
+    """Fail early, naming the package, when the environment cannot run RecBole 1.2.1."""
+    problems = stack_problems(installed_versions())
+    if problems:
+        raise RuntimeError(
+            "recbole-derrd: this environment cannot run RecBole 1.2.1:\n  - "
+            + "\n  - ".join(problems)
+            + "\nInstall with the pinned requirements: pip install -r requirements-lock.txt ."
+        )
+
+
+# --------------------------------------------------------------------------- checkpoints
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupt or not what it should be."""
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load a RecBole-style checkpoint (a pickled dict holding the Config) on any torch.
+
+    RecBole's checkpoints cannot be read with torch's ``weights_only=True`` (the default since
+    torch 2.6), so they are loaded with full unpickling, explicitly, only here.  Load files you
+    trust: a checkpoint can carry code.
+    """
+    import torch
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError("checkpoint file not found: %s" % path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # truncated zip, wrong format, ...
+        raise CheckpointError(
+            "cannot read checkpoint %s (truncated or corrupt?): %s: %s"
+            % (path, type(exc).__name__, exc)
+        ) from exc
+
+
+# --------------------------------------------------------------------------- scipy
+def _dok_update(self, data):
+    """Bulk-assign ``{(row, col): value}`` like scipy < 1.13's ``dok_matrix._update``."""
+    store = getattr(self, "_dict", None)
+    if store is not None:  # scipy >= 1.13 keeps the entries in a plain dict
+        store.update(data)
+    else:
+        for key, value in data.items():
+            self[key] = value
+
+
+def install_scipy_dok_update(dok_class=None):
+    """Give ``scipy.sparse.dok_matrix`` its ``_update`` back where scipy removed it.
+
+    Returns True when the method had to be added.
+    """
+    if dok_class is None:
+        import scipy.sparse
+
+        dok_class = scipy.sparse.dok_matrix
+    if hasattr(dok_class, "_update"):
+        return False
+    dok_class._update = _dok_update
+    return True
+
+
+def silence_pandas_inplace_warning():
+    """Hide pandas 2.x's FutureWarning about RecBole's ``fillna(inplace=True)``.
+
+    The call works on pandas < 3 (which the plugin requires); pandas 3 turns it into a silent
+    no-op, which is why pandas is pinned below 3.  The warning is noise for users.
+    """
+    warnings.filterwarnings("ignore", message="(?s).*inplace method will never work",
+                            category=FutureWarning)
+
+
+def apply():
+    """Check the stack and install the runtime work-arounds (idempotent)."""
+    check_stack()
+    install_scipy_dok_update()
+    silence_pandas_inplace_warning()

@@ -1,0 +1,133 @@
+"""Where the plugin's settings come from and how the teacher's settings are derived.
+
+Layering for a plugin model (lowest first), mirroring RecBole's own precedence:
+
+1. RecBole's ``overall.yaml``
+2. the student backbone's stock ``properties/model/<student_model>.yaml`` (e.g. NeuMF's sizes)
+3. the teacher backbone's stock yaml, every key prefixed with ``t_``
+4. the plugin's ``properties/distillation.yaml`` then ``properties/model/<DE|RRD|DERRD>.yaml``
+5. RecBole's dataset yamls, then config files < config dict < command line, as usual.
+
+The teacher's settings are the student's final settings with every ``t_<key>`` overriding
+``<key>`` (RecBole's ``KD_DAGFM`` habit), so the teacher shares dataset, split, seed and
+evaluation with the student unless a ``t_`` key says otherwise.
+"""
+
+import copy
+import os
+
+import yaml
+
+TEACHER_PREFIX = "t_"
+
+
+def properties_dir():
+    """The plugin's ``properties/`` folder: inside the installed package, or the source tree."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (os.path.join(here, "properties"), os.path.join(here, os.pardir, "properties")):
+        if os.path.isfile(os.path.join(candidate, "distillation.yaml")):
+            return os.path.normpath(candidate)
+    raise FileNotFoundError(
+        "recbole-derrd: cannot find its properties/ folder (looked beside %s); "
+        "reinstall the package" % here
+    )
+
+
+def recbole_properties_dir():
+    import recbole
+
+    return os.path.join(os.path.dirname(os.path.abspath(recbole.__file__)), "properties")
+
+
+def read_yaml(path, loader=yaml.FullLoader):
+    """A yaml file as a dict (empty for an empty file); a clear error naming a bad file."""
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            data = yaml.load(handle.read(), Loader=loader)
+    except yaml.YAMLError as exc:
+        raise ValueError("cannot parse config file %s: %s" % (path, exc)) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError("config file %s must hold a mapping of keys, not %s" % (path, type(data).__name__))
+    return data
+
+
+def stock_model_yaml(model_name, loader=yaml.FullLoader):
+    path = os.path.join(recbole_properties_dir(), "model", model_name + ".yaml")
+    return read_yaml(path, loader) if os.path.isfile(path) else {}
+
+
+def plugin_defaults(model_class, loader=yaml.FullLoader):
+    """The plugin's own yaml layers for ``model_class``, merged in order."""
+    merged = {}
+    root = properties_dir()
+    for name in model_class.property_files:
+        merged.update(read_yaml(os.path.join(root, name), loader))
+    return merged
+
+
+def layered_properties(model_class, external, loader=yaml.FullLoader):
+    """Layers 2-4 above as one dict, for the backbones named by ``external`` or the defaults."""
+    from recbole_derrd.backbones import check_backbone
+
+    plugin = plugin_defaults(model_class, loader)
+    student = external.get("student_model", plugin.get("student_model"))
+    teacher = external.get("teacher_model", plugin.get("teacher_model"))
+    check_backbone(student, "student_model")
+    check_backbone(teacher, "teacher_model")
+    layers = dict(stock_model_yaml(student, loader))
+    layers.update({TEACHER_PREFIX + k: v for k, v in stock_model_yaml(teacher, loader).items()})
+    layers.update(plugin)
+    return layers
+
+
+def teacher_settings(final_config_dict):
+    """The teacher's config dict: the student's, with every ``t_<key>`` applied to ``<key>``."""
+    settings = {k: v for k, v in final_config_dict.items() if not k.startswith(TEACHER_PREFIX)}
+    settings.update(
+        {k[len(TEACHER_PREFIX):]: v for k, v in final_config_dict.items() if k.startswith(TEACHER_PREFIX)}
+    )
+    return settings
+
+
+def backbone_config(config, model_name, settings):
+    """A RecBole ``Config`` for a stock backbone, sharing everything else with ``config``."""
+    from recbole.utils import get_model
+
+    model_class = get_model(model_name)
+    derived = copy.copy(config)
+    derived.final_config_dict = dict(settings)
+    derived.final_config_dict["model"] = model_name
+    derived.final_config_dict["MODEL_TYPE"] = model_class.type
+    derived.final_config_dict["MODEL_INPUT_TYPE"] = model_class.input_type
+    derived.model = model_name
+    derived.model_class = model_class
+    return derived
+
+
+def teacher_config(config):
+    return backbone_config(config, config["teacher_model"], teacher_settings(config.final_config_dict))
+
+
+def plugin_owned_keys(config, model_classes):
+    """Keys only the plugin understands: dropped when the student is exported to stock RecBole.
+
+    A plugin yaml key that RecBole's overall.yaml or the student backbone's own yaml also
+    defines (``learning_rate``, ``embedding_size``, ...) is a stock key and is kept.
+    """
+    owned = set()
+    for cls in model_classes:
+        owned.update(plugin_defaults(cls))
+    stock = set(read_yaml(os.path.join(recbole_properties_dir(), "overall.yaml")))
+    stock.update(stock_model_yaml(config["student_model"]))
+    return owned - stock
+
+
+def student_config(config, owned_keys):
+    """A RecBole ``Config`` for the student backbone alone, without any plugin or teacher key."""
+    settings = {
+        k: v for k, v in config.final_config_dict.items()
+        if not k.startswith(TEACHER_PREFIX) and k not in owned_keys
+    }
+    return backbone_config(config, config["student_model"], settings)

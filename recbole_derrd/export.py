@@ -1,0 +1,96 @@
+"""Export a distilled student so that stock RecBole serves it without the plugin.
+
+From a DE/RRD/DERRD checkpoint this writes, into one folder:
+
+* ``<Backbone>-student.pth``: a RecBole checkpoint of the student backbone alone (its Config
+  names e.g. ``BPR``, its ``state_dict`` loads into ``get_model('BPR')``); the teacher and the
+  distillation modules are dropped.
+* ``<Backbone>-student.weights.pt``: the bare state dict, loadable with
+  ``torch.load(..., weights_only=True)`` (no pickled code).
+* ``<Backbone>-student.yaml``: the plain RecBole settings to rebuild the backbone and its data
+  split with ``Config(model=..., dataset=..., config_file_list=[yaml])``.
+
+Usage: ``python -m recbole_derrd.export saved/DERRD-....pth --out exported/``
+"""
+
+import argparse
+import os
+
+import yaml
+
+from recbole_derrd.checkpoints import atomic_save
+from recbole_derrd.compat import CheckpointError, load_checkpoint
+from recbole_derrd.config import plugin_owned_keys, student_config
+
+STUDENT_PREFIX = "student."
+#: keys RecBole computes itself when it builds a Config; a yaml must not pin them.
+DERIVED_KEYS = {
+    "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "single_spec", "local_rank",
+    "valid_neg_sample_args", "test_neg_sample_args", "valid_metric_bigger", "data_path",
+}
+
+
+def _yaml_safe(value):
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_yaml_safe(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _yaml_safe(v) for k, v in value.items())
+    return False
+
+
+def plain_settings(config):
+    """The backbone's settings as plain yaml values (RecBole re-derives the rest)."""
+    settings = {k: v for k, v in config.final_config_dict.items()
+                if k not in DERIVED_KEYS and _yaml_safe(v)}
+    settings = yaml.safe_load(yaml.safe_dump(settings))  # tuples -> lists
+    if config["dataset"] != "ml-100k":  # RecBole appends the dataset name to data_path itself
+        settings["data_path"] = os.path.dirname(os.path.normpath(config["data_path"]))
+    return settings
+
+
+def export_student(checkpoint_file, out_dir):
+    """Write the three files described in the module docstring; return their paths."""
+    from recbole_derrd.registration import PLUGIN_MODELS
+
+    checkpoint = load_checkpoint(checkpoint_file)
+    config = checkpoint.get("config")
+    if config is None or config["model"] not in PLUGIN_MODELS:
+        raise CheckpointError("%s is not a DE/RRD/DERRD checkpoint" % checkpoint_file)
+    state = {k[len(STUDENT_PREFIX):]: v.detach().cpu() for k, v in checkpoint["state_dict"].items()
+             if k.startswith(STUDENT_PREFIX)}
+    sconfig = student_config(config, plugin_owned_keys(config, PLUGIN_MODELS.values()))
+    backbone = sconfig["model"]
+    stem = os.path.join(out_dir, "%s-student" % backbone)
+    paths = {"checkpoint": stem + ".pth", "weights": stem + ".weights.pt", "config": stem + ".yaml"}
+    atomic_save({
+        "config": sconfig,
+        "epoch": checkpoint.get("epoch"),
+        "cur_step": checkpoint.get("cur_step"),
+        "best_valid_score": checkpoint.get("best_valid_score"),
+        "state_dict": state,
+        "other_parameter": None,
+        "optimizer": None,
+    }, paths["checkpoint"], pickle_protocol=4)
+    atomic_save(state, paths["weights"])
+    tmp = paths["config"] + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(plain_settings(sconfig), handle, sort_keys=True)
+    os.replace(tmp, paths["config"])
+    return paths
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="a DE, RRD or DERRD checkpoint saved by RecBole")
+    parser.add_argument("--out", default="exported", help="output folder (default: exported)")
+    args = parser.parse_args(argv)
+    import recbole_derrd  # noqa: F401  (registers the models whose checkpoint is read)
+
+    for kind, path in export_student(args.checkpoint, args.out).items():
+        print("%-10s %s" % (kind, path))
+
+
+if __name__ == "__main__":
+    main()

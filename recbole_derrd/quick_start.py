@@ -1,0 +1,168 @@
+"""Entry points: RecBole's quick-start flow made torch-2.6-safe, and the side-by-side run.
+
+* :func:`run_recbole` — RecBole's ``run_recbole`` for any model (stock or plugin), with the
+  plugin's checkpoint loader, returning per-user test metrics too.
+* :func:`run_side_by_side` — teacher, student trained alone and a distilled student on one
+  split, with the same test negatives, printed as one table with a paired significance test.
+* :func:`load_data_and_model` — RecBole's function of that name, reading the checkpoint
+  through :func:`recbole_derrd.compat.load_checkpoint`.
+"""
+
+import sys
+from logging import getLogger
+
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.data.transform import construct_transform
+from recbole.utils import get_flops, get_model, get_trainer, init_logger, init_seed, set_color
+
+import recbole_derrd  # noqa: F401  (registration)
+from recbole_derrd.compat import load_checkpoint
+from recbole_derrd.config import student_config, plugin_owned_keys
+from recbole_derrd.evaluation import PAIRED_METRICS, comparable_test, paired_test
+from recbole_derrd.registration import PLUGIN_MODELS
+from recbole_derrd.trainer import safe_trainer_class
+
+
+def _prepare(model, dataset, config_file_list, config_dict):
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
+                    config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+    data = create_dataset(config)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    return config, data, train_data, valid_data, test_data
+
+
+def _train_and_test(config, data, train_data, valid_data, test_data, saved=True):
+    """RecBole's own model/trainer flow; returns (result dict, model, per-user metrics)."""
+    logger = getLogger()
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    flops = get_flops(model, data, config["device"], logger, construct_transform(config))
+    logger.info(set_color("FLOPs", "blue") + f": {flops}")
+    trainer = safe_trainer_class(get_trainer(config["MODEL_TYPE"], config["model"]))(config, model)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"])
+    test_result, per_user = comparable_test(trainer, test_data, load_best_model=saved,
+                                            show_progress=config["show_progress"])
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    result = {
+        "model": config["model"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "saved_model_file": trainer.saved_model_file if saved else None,
+    }
+    return result, model, per_user
+
+
+def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
+    """RecBole's ``run_recbole`` (same arguments and result) with safe checkpoint loading."""
+    config, data, train_data, valid_data, test_data = _prepare(
+        model, dataset, config_file_list, config_dict)
+    result, _, per_user = _train_and_test(config, data, train_data, valid_data, test_data, saved)
+    result["per_user"] = per_user
+    return result
+
+
+def _teacher_row(distilled, config, test_data):
+    trainer = safe_trainer_class(get_trainer(distilled.teacher_config["MODEL_TYPE"],
+                                             distilled.teacher_config["model"]))(
+        distilled.teacher_config, distilled.teacher)
+    result, per_user = comparable_test(trainer, test_data, load_best_model=False)
+    return {"model": "Teacher (%s-%s)" % (config["teacher_model"], _size(distilled.teacher_config)),
+            "test_result": result,
+            "parameters": sum(p.numel() for p in distilled.teacher.parameters())}, per_user
+
+
+def _size(config):
+    return config["embedding_size"] if config["embedding_size"] is not None else "?"
+
+
+def format_table(rows, metrics):
+    head = "| method | params | " + " | ".join(m.upper().replace("HIT", "H").replace("NDCG", "N")
+                                                .replace("MRR", "M") for m in metrics) + " |"
+    lines = [head, "|" + " --- |" * (len(metrics) + 2)]
+    for row in rows:
+        values = " | ".join("%.4f" % row["test_result"][m] for m in metrics)
+        lines.append("| %s | %s | %s |" % (row["model"], format(row["parameters"], ","), values))
+    return "\n".join(lines)
+
+
+def run_side_by_side(model="DERRD", dataset="ml-100k", config_file_list=None, config_dict=None,
+                     saved=True, export_dir=None, stream=None):
+    """Teacher, student alone and ``model`` (DE, RRD or DERRD) on one split, side by side.
+
+    All three are tested on the same split with the same sampled negatives (re-seeded before
+    each test pass); the distilled student is compared with the student trained alone by a
+    per-user Wilcoxon signed-rank test.  Returns a dict with every row and the tests.
+    """
+    from recbole_derrd.export import export_student
+
+    stream = stream or sys.stdout
+    if model not in PLUGIN_MODELS:
+        raise ValueError("run_side_by_side needs a plugin model (%s), got %r"
+                         % (", ".join(PLUGIN_MODELS), model))
+    config, data, train_data, valid_data, test_data = _prepare(
+        model, dataset, config_file_list, config_dict)
+    logger = getLogger()
+
+    distilled_row, distilled, distilled_users = _train_and_test(
+        config, data, train_data, valid_data, test_data, saved)
+    distilled_row["model"] = "%s (%s-%s)" % (model, config["student_model"], _size(config))
+    distilled_row["parameters"] = sum(p.numel() for p in distilled.student.parameters())
+    teacher_row, teacher_users = _teacher_row(distilled, config, test_data)
+
+    sconfig = student_config(config, plugin_owned_keys(config, PLUGIN_MODELS.values()))
+    student_row, _, student_users = _train_and_test(
+        sconfig, data, train_data, valid_data, test_data, saved)
+    student_row["model"] = "Student alone (%s-%s)" % (sconfig["model"], _size(sconfig))
+
+    rows = [teacher_row, student_row, distilled_row]
+    metrics = list(distilled_row["test_result"])
+    tests = [paired_test(student_users, distilled_users, m) for m in PAIRED_METRICS
+             if m in student_users]
+    teacher_tests = [paired_test(student_users, teacher_users, m) for m in PAIRED_METRICS
+                     if m in student_users]
+    exported = None
+    if saved and export_dir:
+        exported = export_student(distilled_row["saved_model_file"], export_dir)
+
+    mode = config["eval_args"]["mode"]["test"]
+    lines = ["", "Test results on %s (test mode: %s, seed %s; same split and negatives for all rows)"
+             % (config["dataset"], mode, config["seed"]), format_table(rows, metrics), ""]
+    for label, group in (("%s vs student alone" % model, tests), ("Teacher vs student alone", teacher_tests)):
+        for t in group:
+            lines.append("%s, %s: mean per-user difference %+.4f, Wilcoxon signed-rank p = %.3g (%d users)"
+                         % (label, t["metric"], t["mean_diff"], t["p_value"], t["n_users"]))
+    if exported:
+        lines.append("Exported student: %s" % ", ".join(exported.values()))
+    stream.write("\n".join(lines) + "\n")
+    logger.info("\n".join(lines))
+    return {"rows": rows, "paired_tests": tests, "teacher_tests": teacher_tests,
+            "per_user": {"teacher": teacher_users, "student": student_users, model: distilled_users},
+            "exported": exported, "config": config}
+
+
+def load_data_and_model(model_file):
+    """RecBole's ``load_data_and_model``, reading the checkpoint with the plugin's loader."""
+    checkpoint = load_checkpoint(model_file)
+    config = checkpoint["config"]
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    data = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, data, train_data, valid_data, test_data

@@ -1,0 +1,67 @@
+"""Make RecBole find the plugin's models, trainers and property files, unchanged.
+
+* Models: RecBole's ``get_model(name)`` imports ``recbole.model.<sub>.<name.lower()>``; the
+  plugin's model module is registered in ``sys.modules`` under those names (it has a real
+  ``__spec__``, which ``importlib.util.find_spec`` requires).
+* Trainers: ``get_trainer`` looks up ``recbole.trainer.<Model>Trainer``.
+* Properties: RecBole only reads yaml files beside its own package, so ``Config`` learns to
+  layer the plugin's files (see :mod:`recbole_derrd.config`) and to take the model input type
+  (pairwise/pointwise) from the student backbone.  Both hooks act only on plugin models.
+"""
+
+import os
+import sys
+
+import recbole.trainer
+from recbole.config import Config
+from recbole.utils import get_model
+
+from recbole_derrd import config as plugin_config
+from recbole_derrd.model import distilled
+from recbole_derrd.trainer import DistillationTrainer
+
+PLUGIN_MODELS = {"DE": distilled.DE, "RRD": distilled.RRD, "DERRD": distilled.DERRD}
+MODEL_PACKAGE = "recbole.model.general_recommender"
+
+
+def is_plugin_model(model_class):
+    return getattr(model_class, "is_distillation_model", False)
+
+
+def _load_internal_config_dict(self, model, model_class, dataset):
+    _load_internal_config_dict.original(self, model, model_class, dataset)
+    if not is_plugin_model(model_class):
+        return
+    self.internal_config_dict.update(
+        plugin_config.layered_properties(model_class, self.external_config_dict, self.yaml_loader))
+    # RecBole's dataset yamls stay above the model layers, as for stock models.
+    root = plugin_config.recbole_properties_dir()
+    for path in (os.path.join(root, "dataset", "sample.yaml"),
+                 os.path.join(root, "dataset", dataset + ".yaml")):
+        if os.path.isfile(path):
+            self._update_internal_config_dict(path)
+
+
+def _set_default_parameters(self):
+    _set_default_parameters.original(self)
+    if is_plugin_model(self.model_class):
+        student = get_model(self.final_config_dict["student_model"])
+        self.final_config_dict["MODEL_INPUT_TYPE"] = student.input_type
+
+
+def _patch(cls, function):
+    current = getattr(cls, function.__name__)
+    if getattr(current, "_recbole_derrd", False):
+        return
+    function.original = current
+    function._recbole_derrd = True
+    setattr(cls, function.__name__, function)
+
+
+def register():
+    """Register models, trainers and the Config hooks with RecBole (idempotent)."""
+    for name, model_class in PLUGIN_MODELS.items():
+        sys.modules["%s.%s" % (MODEL_PACKAGE, name.lower())] = sys.modules[model_class.__module__]
+        setattr(recbole.trainer, name + "Trainer", DistillationTrainer)
+    _patch(Config, _load_internal_config_dict)
+    _patch(Config, _set_default_parameters)

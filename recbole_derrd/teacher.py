@@ -1,0 +1,201 @@
+"""Making the frozen teacher ready: load a given checkpoint, reuse the cache, or train it.
+
+Cache: with no ``teacher_checkpoint``, the teacher is trained once with RecBole's own Trainer on
+the student's dataset, split and seed, and saved to
+``<teacher_cache_dir>/<teacher_model>-<dataset>-<key>.pth`` (``teacher_cache_dir`` defaults to
+``<checkpoint_dir>/teachers``).  ``key`` is the SHA-256 of :func:`cache_description`: the
+teacher's model and every setting that shapes its training (its stock model keys after ``t_``
+overrides, the training keys in :data:`TRAINING_KEYS`, the dataset keys RecBole filters and
+splits with, the seed) and a fingerprint of the data itself (user and item token maps, the
+training and validation interactions).  Any change gives a new key, so a cached teacher is never
+silently reused with different settings.
+"""
+
+import hashlib
+import json
+import os
+from logging import getLogger
+
+import numpy as np
+
+from recbole.data.utils import get_dataloader
+from recbole.utils import dataset_arguments, get_trainer, init_seed
+
+from recbole_derrd.checkpoints import atomic_save
+from recbole_derrd.compat import CheckpointError, load_checkpoint
+from recbole_derrd.config import stock_model_yaml
+
+CACHE_FORMAT = 1
+TRAINING_KEYS = (
+    "epochs", "train_batch_size", "learner", "learning_rate", "weight_decay",
+    "train_neg_sample_args", "eval_step", "stopping_step", "clip_grad_norm", "valid_metric",
+    "metrics", "topk", "eval_args", "seed", "reproducibility", "shuffle", "require_pow",
+)
+#: split settings compared when a stock RecBole checkpoint (without our metadata) is given.
+SPLIT_KEYS = ("dataset", "eval_args", "benchmark_filename", "seed")
+
+
+def _digest(*arrays):
+    h = hashlib.sha256()
+    for array in arrays:
+        h.update(np.ascontiguousarray(array).tobytes())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+def _tokens_digest(tokens):
+    return hashlib.sha256("\x1f".join(map(str, tokens)).encode("utf-8")).hexdigest()
+
+
+def data_fingerprint(train_dataset, valid_dataset=None):
+    """What identifies the data a teacher was trained on: sizes, token maps, the splits."""
+    uid, iid = train_dataset.uid_field, train_dataset.iid_field
+    fingerprint = {
+        "n_users": int(train_dataset.user_num),
+        "n_items": int(train_dataset.item_num),
+        "user_tokens": _tokens_digest(train_dataset.field2id_token[uid]),
+        "item_tokens": _tokens_digest(train_dataset.field2id_token[iid]),
+        "train_interactions": _digest(train_dataset.inter_feat[uid].numpy(),
+                                      train_dataset.inter_feat[iid].numpy()),
+    }
+    if valid_dataset is not None:
+        fingerprint["valid_interactions"] = _digest(valid_dataset.inter_feat[uid].numpy(),
+                                                    valid_dataset.inter_feat[iid].numpy())
+    return fingerprint
+
+
+def _plain(value):
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def cache_description(tconfig, fingerprint):
+    """Everything the cache key covers, as a JSON-able dict (also stored in the cache file)."""
+    model = tconfig["model"]
+    keys = sorted(set(stock_model_yaml(model)) | set(TRAINING_KEYS) | set(dataset_arguments))
+    return _plain({
+        "format": CACHE_FORMAT,
+        "teacher_model": model,
+        "dataset": tconfig["dataset"],
+        "settings": {k: tconfig[k] for k in keys},
+        "data": fingerprint,
+    })
+
+
+def cache_key(description):
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def cache_path(config, tconfig, key):
+    folder = config["teacher_cache_dir"] or os.path.join(config["checkpoint_dir"], "teachers")
+    return os.path.join(folder, "%s-%s-%s.pth" % (tconfig["model"], tconfig["dataset"], key[:16]))
+
+
+def _differences(expected, found, prefix=""):
+    diffs = []
+    for key in sorted(set(expected) | set(found)):
+        a, b = expected.get(key), found.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _differences(a, b, prefix + key + ".")
+        elif a != b:
+            diffs.append("%s%s: checkpoint has %r, this run has %r" % (prefix, key, b, a))
+    return diffs
+
+
+def _load_weights(teacher, state_dict, source):
+    try:
+        teacher.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            "teacher checkpoint %s does not fit teacher_model=%s with this run's t_ settings "
+            "(sizes or dataset differ): %s" % (source, type(teacher).__name__, exc)) from exc
+
+
+def verify_checkpoint(checkpoint, path, tconfig, fingerprint):
+    """Raise a clear error naming every difference between a teacher checkpoint and this run."""
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError("teacher_checkpoint %s is not a RecBole checkpoint (no state_dict)" % path)
+    meta = checkpoint.get("derrd_teacher")
+    if meta is not None:
+        expected = cache_description(tconfig, fingerprint)
+        diffs = _differences({"teacher_model": expected["teacher_model"], "dataset": expected["dataset"],
+                              "data": expected["data"]},
+                             {"teacher_model": meta.get("teacher_model"), "dataset": meta.get("dataset"),
+                              "data": meta.get("data", {})})
+    else:
+        saved = checkpoint.get("config")
+        diffs = []
+        if saved is None:
+            raise CheckpointError("teacher_checkpoint %s has no config to verify against" % path)
+        if saved["model"] != tconfig["model"]:
+            diffs.append("model: checkpoint has %r, teacher_model is %r" % (saved["model"], tconfig["model"]))
+        for key in SPLIT_KEYS:
+            if _plain(saved[key]) != _plain(tconfig[key]):
+                diffs.append("%s: checkpoint has %r, this run has %r" % (key, saved[key], tconfig[key]))
+        getLogger().warning(
+            "teacher_checkpoint %s is a stock RecBole checkpoint: its token maps cannot be "
+            "verified, only its settings and tensor shapes" % path)
+    if diffs:
+        raise CheckpointError("teacher_checkpoint %s was made for other data or settings:\n  - %s"
+                              % (path, "\n  - ".join(diffs)))
+
+
+def train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress=False):
+    """Train ``teacher`` with RecBole's Trainer on the student's split; save it to ``path``."""
+    from recbole_derrd.trainer import safe_trainer_class
+
+    logger = getLogger()
+    logger.info("Training teacher %s (no cached teacher at %s)" % (tconfig["model"], path))
+    init_seed(tconfig["seed"], tconfig["reproducibility"])
+    loader = get_dataloader(tconfig, "train")(
+        tconfig, train_data._dataset, train_data._sampler, shuffle=tconfig["shuffle"])
+    teacher.requires_grad_(True).train()
+    trainer = safe_trainer_class(get_trainer(tconfig["MODEL_TYPE"], tconfig["model"]))(tconfig, teacher)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    trainer.saved_model_file = path + ".training"
+    try:
+        trainer.fit(loader, valid_data, saved=True, show_progress=show_progress)
+        best = load_checkpoint(trainer.saved_model_file, map_location=tconfig["device"])
+    finally:
+        if os.path.exists(trainer.saved_model_file):
+            os.remove(trainer.saved_model_file)
+    teacher.load_state_dict(best["state_dict"])
+    return best
+
+
+def prepare_teacher(model, train_data, valid_data, show_progress=False):
+    """Fill ``model.teacher`` with trained weights; leave it frozen in eval mode."""
+    config, tconfig, teacher = model.config, model.teacher_config, model.teacher
+    logger = getLogger()
+    fingerprint = data_fingerprint(train_data._dataset, valid_data._dataset if valid_data else None)
+    given = config["teacher_checkpoint"]
+    if given:
+        checkpoint = load_checkpoint(given, map_location=config["device"])
+        verify_checkpoint(checkpoint, given, tconfig, fingerprint)
+        _load_weights(teacher, checkpoint["state_dict"], given)
+        logger.info("Teacher loaded from teacher_checkpoint %s" % given)
+    else:
+        description = cache_description(tconfig, fingerprint)
+        path = cache_path(config, tconfig, cache_key(description))
+        if os.path.isfile(path):
+            checkpoint = load_checkpoint(path, map_location=config["device"])
+            if checkpoint.get("derrd_teacher") != description:
+                raise CheckpointError("cached teacher %s does not match its key; delete it" % path)
+            _load_weights(teacher, checkpoint["state_dict"], path)
+            logger.info("Teacher loaded from cache %s" % path)
+        else:
+            best = train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress)
+            atomic_save({
+                "config": tconfig,
+                "epoch": best["epoch"],
+                "cur_step": best["cur_step"],
+                "best_valid_score": best["best_valid_score"],
+                "state_dict": teacher.state_dict(),
+                "other_parameter": teacher.other_parameter(),
+                "derrd_teacher": description,
+            }, path, pickle_protocol=4)
+            with open(path + ".json", "w", encoding="utf-8") as handle:
+                json.dump(description, handle, indent=2, sort_keys=True)
+            logger.info("Teacher saved to cache %s" % path)
+    teacher.zero_grad(set_to_none=True)  # drop gradients left over from its own training
+    teacher.eval().requires_grad_(False)
+    return teacher

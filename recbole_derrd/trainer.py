@@ -1,0 +1,86 @@
+"""Trainers: RecBole's Trainer with torch-2.6-safe checkpoint loading and the KD hooks.
+
+* :class:`SafeCheckpointMixin` replaces the two places RecBole's Trainer reads a checkpoint
+  (``evaluate(load_best_model=True)`` and ``resume_checkpoint``) with
+  :func:`recbole_derrd.compat.load_checkpoint`; everything else is RecBole's own code.
+* :class:`DistillationTrainer` prepares the teacher before training, re-seeds so that the
+  student's random stream does not depend on whether the teacher was trained or cached, and
+  calls the model's per-epoch hook (temperature annealing, RRD resampling).
+"""
+
+from recbole.trainer import Trainer
+from recbole.utils import init_seed, set_color
+
+from recbole_derrd.compat import load_checkpoint
+
+
+class SafeCheckpointMixin:
+    """Read RecBole checkpoints through the plugin's loader instead of a bare ``torch.load``."""
+
+    def _load_into_model(self, checkpoint_file):
+        checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        return checkpoint
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if eval_data and load_best_model:
+            checkpoint_file = model_file or self.saved_model_file
+            self._load_into_model(checkpoint_file)
+            self.logger.info("Loading model structure and parameters from {}".format(checkpoint_file))
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def resume_checkpoint(self, resume_file):
+        resume_file = str(resume_file)
+        self.saved_model_file = resume_file
+        checkpoint = self._load_into_model(resume_file)
+        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
+            self.logger.warning("checkpoint %s was saved by model %s, not %s"
+                                % (resume_file, checkpoint["config"]["model"], self.config["model"]))
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.logger.info("Checkpoint loaded. Resume training from epoch {}".format(self.start_epoch))
+
+
+_SAFE_CLASSES = {}
+
+
+def safe_trainer_class(trainer_class):
+    """``trainer_class`` (any RecBole trainer) with :class:`SafeCheckpointMixin` applied."""
+    if issubclass(trainer_class, SafeCheckpointMixin):
+        return trainer_class
+    if trainer_class not in _SAFE_CLASSES:
+        _SAFE_CLASSES[trainer_class] = type(
+            "Safe" + trainer_class.__name__, (SafeCheckpointMixin, trainer_class), {})
+    return _SAFE_CLASSES[trainer_class]
+
+
+class DistillationTrainer(SafeCheckpointMixin, Trainer):
+    """Trainer of the plugin models DE, RRD and DERRD (registered as ``<Model>Trainer``)."""
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
+            callback_fn=None):
+        self.model.prepare(train_data, valid_data, show_progress=show_progress)
+        # The teacher may just have been trained (consuming random numbers) or loaded: restart
+        # the stream so the student trains identically in both cases.
+        init_seed(self.config["seed"] + self.config["local_rank"], self.config["reproducibility"])
+        return super().fit(train_data, valid_data, verbose=verbose, saved=saved,
+                           show_progress=show_progress, callback_fn=callback_fn)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self.model.start_epoch(epoch_idx)
+        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func,
+                                    show_progress=show_progress)
+
+    def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
+        names = getattr(self.model, "loss_part_names", ())
+        if not isinstance(losses, tuple) or len(names) != len(losses):
+            return super()._generate_train_loss_output(epoch_idx, s_time, e_time, losses)
+        places = self.config["loss_decimal_place"] or 4
+        parts = ", ".join(set_color("%s loss" % name, "blue") + ": %.*f" % (places, value)
+                          for name, value in zip(names, losses))
+        head = (set_color("epoch %d training", "green") + " [" + set_color("time", "blue")
+                + ": %.2fs, ") % (epoch_idx, e_time - s_time)
+        return head + parts + "]"

@@ -1,0 +1,93 @@
+"""One test per work-around in recbole_derrd.compat."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from recbole_derrd import compat
+
+
+def test_stack_problems_name_each_package():
+    ok = {"numpy": "1.26.4", "pandas": "2.3.3", "setuptools": "81.0.0"}
+    assert compat.stack_problems(ok, python_version=(3, 11)) == []
+    bad = {"numpy": "2.1.0", "pandas": "3.0.1", "setuptools": "82.0.0"}
+    problems = compat.stack_problems(bad, python_version=(3, 12))
+    assert len(problems) == 4
+    text = "\n".join(problems)
+    for fragment in ("numpy 2.1.0", "np.float_", "pandas 3.0.1", "fillna", "setuptools 82.0.0",
+                     "pkg_resources", "Python 3.12"):
+        assert fragment in text
+    assert compat.stack_problems({"numpy": None}, python_version=(3, 11)) == []
+
+
+def test_check_stack_passes_here():
+    compat.check_stack()
+
+
+def test_dok_update_shim_semantics():
+    class Bare:
+        pass
+
+    assert compat.install_scipy_dok_update(Bare) is True
+    assert compat.install_scipy_dok_update(Bare) is False  # idempotent
+    matrix = sp.dok_matrix((3, 4), dtype=np.float32)
+    compat._dok_update(matrix, {(0, 1): 1.0, (2, 3): 5.0})
+    expected = np.zeros((3, 4), dtype=np.float32)
+    expected[0, 1], expected[2, 3] = 1.0, 5.0
+    np.testing.assert_array_equal(matrix.toarray(), expected)
+    assert hasattr(sp.dok_matrix, "_update")  # installed on import of recbole_derrd
+
+
+def test_lightgcn_adjacency_builds_with_installed_scipy(tiny):
+    """RecBole's LightGCN calls dok_matrix._update, gone in scipy >= 1.13."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model
+
+    config = Config(model="LightGCN", config_dict=tiny)
+    train, _, _ = data_preparation(config, create_dataset(config))
+    model = get_model("LightGCN")(config, train._dataset)
+    adjacency = model.norm_adj_matrix.to_dense()
+    assert adjacency.shape[0] == train._dataset.user_num + train._dataset.item_num
+    assert torch.count_nonzero(adjacency) == 2 * train._dataset.inter_num
+
+
+def test_load_checkpoint_reads_what_default_torch_load_rejects(tmp_path):
+    from recbole.config import Config
+
+    path = tmp_path / "ckpt.pth"
+    config = Config(model="BPR", dataset="ml-100k", config_dict={"state": "ERROR"})
+    torch.save({"config": config, "state_dict": {"w": torch.ones(2)}}, path, pickle_protocol=4)
+    if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 6):
+        with pytest.raises(Exception, match="weights_only"):
+            torch.load(path)
+    loaded = compat.load_checkpoint(path)
+    assert loaded["config"]["model"] == "BPR"
+    torch.testing.assert_close(loaded["state_dict"]["w"], torch.ones(2))
+
+
+def test_load_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(compat.CheckpointError, match="checkpoint file not found: .*missing.pth"):
+        compat.load_checkpoint(tmp_path / "missing.pth")
+    good = tmp_path / "good.pth"
+    torch.save({"state_dict": {"w": torch.arange(1000)}}, good)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(compat.CheckpointError, match="truncated.pth"):
+        compat.load_checkpoint(truncated)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(compat.CheckpointError, match="garbage.pth"):
+        compat.load_checkpoint(garbage)
+
+
+def test_pandas_inplace_warning_is_silenced():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compat.silence_pandas_inplace_warning()
+        warnings.warn("A value is trying to be set on a copy\nThis inplace method will never work because",
+                      FutureWarning)
+    assert caught == []

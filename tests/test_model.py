@@ -1,0 +1,179 @@
+"""The distilled models on real RecBole data objects: config layering, teacher, loss balance."""
+
+import copy
+import sys
+
+import pytest
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import InputType, get_model, get_trainer, init_seed
+
+import recbole_derrd
+from recbole_derrd.config import teacher_config
+
+
+def build(model, config_dict, prepare=True):
+    config = Config(model=model, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    data = create_dataset(config)
+    train, valid, test = data_preparation(config, data)
+    init_seed(config["seed"], config["reproducibility"])
+    net = get_model(model)(config, train._dataset)
+    if prepare:
+        net.prepare(train, valid)
+        net.start_epoch(0)
+    return config, net, train, valid, test
+
+
+def test_registration_with_stock_lookups(tiny):
+    assert get_model("DERRD") is recbole_derrd.DERRD
+    assert get_model("DE") is recbole_derrd.DE
+    assert get_model("RRD") is recbole_derrd.RRD
+    config = Config(model="DERRD", config_dict=tiny)
+    assert get_trainer(config["MODEL_TYPE"], "DERRD") is recbole_derrd.DistillationTrainer
+
+
+def test_plugin_defaults_and_precedence(tiny, monkeypatch, tmp_path):
+    config = Config(model="DERRD", config_dict={k: v for k, v in tiny.items() if k != "embedding_size"})
+    assert config["de_num_experts"] == 4            # dict beats yaml
+    assert config["rrd_temperature"] == 10.0        # RRD.yaml
+    assert config["de_anneal_epochs"] == 1000       # DE.yaml
+    assert config["embedding_size"] == 20           # distillation.yaml beats BPR.yaml's 64
+    assert config["teacher_model"] == "BPR"
+    assert config["MODEL_INPUT_TYPE"] == InputType.PAIRWISE
+
+    config_file = tmp_path / "mine.yaml"
+    config_file.write_text("rrd_k: 3\nde_weight: 0.5\n")
+    dict_part = dict(tiny, de_weight=0.25)
+    monkeypatch.setattr(sys, "argv", ["x", "--de_weight=0.125"])
+    config = Config(model="DERRD", config_file_list=[str(config_file)], config_dict=dict_part)
+    assert config["rrd_k"] == 5 and config["de_weight"] == 0.125  # dict > file; cmd > dict
+    monkeypatch.setattr(sys, "argv", ["x"])
+    config = Config(model="DERRD", config_file_list=[str(config_file)],
+                    config_dict={k: v for k, v in tiny.items() if k != "rrd_k"})
+    assert config["rrd_k"] == 3 and config["de_weight"] == 0.5  # file > yaml
+
+
+def test_backbone_defaults_reach_student_and_teacher(tiny):
+    config = Config(model="DE", config_dict=dict(tiny, student_model="LightGCN"))
+    assert config["n_layers"] == 2 and config["reg_weight"] == 1e-05  # LightGCN.yaml
+    assert config["t_embedding_size"] == 16
+    tconfig = teacher_config(config)
+    assert tconfig["model"] == "BPR" and tconfig["embedding_size"] == 16
+    assert config["embedding_size"] == 8
+
+    config = Config(model="DE", config_dict=dict(tiny, teacher_model="LightGCN", t_n_layers=3))
+    tconfig = teacher_config(config)
+    assert config["t_reg_weight"] == 1e-05                      # teacher's stock yaml, prefixed
+    assert tconfig["n_layers"] == 3 and tconfig["reg_weight"] == 1e-05
+    assert tconfig["model"] == "LightGCN"
+
+
+def test_unsupported_backbone_is_a_clear_error(tiny):
+    with pytest.raises(ValueError, match=r"student_model='NGCF' is not a supported backbone; supported: BPR, LightGCN"):
+        Config(model="DERRD", config_dict=dict(tiny, student_model="NGCF"))
+    with pytest.raises(ValueError, match=r"teacher_model='Pop'"):
+        Config(model="DERRD", config_dict=dict(tiny, teacher_model="Pop"))
+
+
+def test_student_initialisation_matches_stock_backbone(tiny):
+    config, net, train, _, _ = build("DERRD", tiny, prepare=False)
+    init_seed(config["seed"], config["reproducibility"])
+    stock = get_model("BPR")(config, train._dataset)
+    torch.testing.assert_close(net.student.user_embedding.weight, stock.user_embedding.weight)
+
+
+def test_teacher_is_frozen_and_outside_the_module(tiny):
+    config, net, train, _, _ = build("DERRD", tiny)
+    teacher = net.teacher
+    assert not teacher.training
+    assert all(not p.requires_grad for p in teacher.parameters())
+    own = {id(p) for p in net.parameters()}
+    assert not any(id(p) in own for p in teacher.parameters())
+    assert not any(k.startswith("teacher") or "_teacher" in k for k in net.state_dict())
+    assert copy.deepcopy(net).teacher is teacher  # get_flops' deep copy shares it
+    trainer = get_trainer(config["MODEL_TYPE"], "DERRD")(config, net)
+    in_optimizer = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not any(id(p) in in_optimizer for p in teacher.parameters())
+
+    before = [p.clone() for p in teacher.parameters()]
+    batch = next(iter(train))
+    sum(net.calculate_loss(batch)).backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert net.student.user_embedding.weight.grad.abs().sum() > 0
+    assert net.user_experts.w1.grad.abs().sum() > 0
+    assert net.user_experts.selection.weight.grad.abs().sum() > 0
+    assert net.item_experts.w2.grad.abs().sum() > 0
+    for old, new in zip(before, teacher.parameters()):
+        torch.testing.assert_close(old, new)
+
+
+def test_loss_balance_matches_official_sums(tiny):
+    """per_row: (w * KD_sum / rows) : mean base == official (w * KD_sum) : summed base."""
+    config, net, train, _, _ = build("DERRD", dict(tiny, de_weight=0.01, rrd_weight=0.001))
+    batch = next(iter(train))
+    rows = len(batch)
+    torch.manual_seed(3)
+    base, de, rrd = net.calculate_loss(batch)
+    torch.manual_seed(3)
+    de_sum = net.de_loss(batch)
+    rrd_sum = net.rrd_loss(batch)
+    user, pos, neg = batch["user_id"], batch["item_id"], batch["neg_item_id"]
+    u, p, n = net.student.user_embedding(user), net.student.item_embedding(pos), net.student.item_embedding(neg)
+    bpr_sum = -torch.nn.functional.logsigmoid((u * p).sum(1) - (u * n).sum(1)).sum()
+    assert (de / base).item() == pytest.approx((0.01 * de_sum / bpr_sum).item(), rel=1e-4)
+    assert (rrd / base).item() == pytest.approx((0.001 * rrd_sum / bpr_sum).item(), rel=1e-4)
+    assert base.item() * rows == pytest.approx(bpr_sum.item(), rel=1e-4)
+
+    config, net, train, _, _ = build("DERRD", dict(tiny, kd_reduction="sum"))
+    batch = next(iter(train))
+    torch.manual_seed(3)
+    _, de, rrd = net.calculate_loss(batch)
+    torch.manual_seed(3)
+    assert de.item() == pytest.approx(0.01 * net.de_loss(batch).item(), rel=1e-5)
+    assert rrd.item() == pytest.approx(0.001 * net.rrd_loss(batch).item(), rel=1e-5)
+
+
+def test_de_uses_unique_users_and_items(tiny):
+    config, net, train, _, _ = build("DE", tiny)
+    batch = next(iter(train))
+    torch.manual_seed(0)
+    loss = net.de_loss(batch)
+    users = torch.unique(batch["user_id"])
+    pos, neg = torch.unique(batch["item_id"]), torch.unique(batch["neg_item_id"])
+    torch.manual_seed(0)
+    s, t = net.student, net.teacher
+    expected = net.user_experts.loss(s.user_embedding(users), t.user_embedding(users), net.tau)
+    expected = expected + 0.5 * net.item_experts.loss(s.item_embedding(pos), t.item_embedding(pos), net.tau)
+    expected = expected + 0.5 * net.item_experts.loss(s.item_embedding(neg), t.item_embedding(neg), net.tau)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_tau_follows_epochs(tiny):
+    _, net, _, _, _ = build("DE", dict(tiny, de_anneal_epochs=10))
+    net.start_epoch(5)
+    assert net.tau == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("kd_reduction", "mean", "kd_reduction='mean'"),
+    ("de_weight", -1, "de_weight=-1"),
+    ("de_tau_start", 0, "de_tau_start=0"),
+    ("rrd_k", 30, "rrd_k=30 must not exceed rrd_top_n=20"),
+    ("rrd_temperature", -2.0, "rrd_temperature=-2.0"),
+])
+def test_bad_settings_are_clear_errors(tiny, key, value, message):
+    with pytest.raises(ValueError, match=message.replace("(", "\\(").replace(")", "\\)")):
+        build("DERRD", dict(tiny, **{key: value}), prepare=False)
+
+
+def test_lightgcn_student_and_teacher(tiny):
+    """LightGCN as student and as teacher (scipy >= 1.13 needs the compat dok_matrix shim)."""
+    config, net, train, _, _ = build("DERRD", dict(tiny, student_model="LightGCN", teacher_model="LightGCN",
+                                                   t_epochs=1))
+    batch = next(iter(train))
+    parts = net.calculate_loss(batch)
+    assert len(parts) == 3 and all(torch.isfinite(p) for p in parts)
+    sum(parts).backward()
+    assert net.student.user_embedding.weight.grad.abs().sum() > 0

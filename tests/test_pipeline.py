@@ -1,0 +1,201 @@
+"""End to end through RecBole's real pipeline on a tiny generated dataset (no mocks of RecBole)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from recbole.quick_start import run_recbole as stock_run_recbole
+
+import recbole_derrd.teacher as teacher_module
+from recbole_derrd.compat import CheckpointError
+from recbole_derrd.quick_start import load_data_and_model, run_recbole, run_side_by_side
+
+from conftest import ROOT, write_tiny_dataset
+
+
+def teacher_files(config_dict):
+    folder = os.path.join(config_dict["checkpoint_dir"], "teachers")
+    return sorted(f for f in os.listdir(folder) if f.endswith(".pth"))
+
+
+def run_subprocess(code, cwd, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env.update(env_extra or {})
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+    return proc
+
+
+def test_stock_run_recbole_trains_caches_and_reuses_teacher(tiny, monkeypatch):
+    first = stock_run_recbole(model="DERRD", config_dict=dict(tiny), saved=True)
+    metrics = first["test_result"]
+    assert set(metrics) >= {"hit@10", "ndcg@10", "mrr@10"}
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert len(teacher_files(tiny)) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached teacher should have been reused")
+
+    monkeypatch.setattr(teacher_module, "train_teacher", no_training)
+    second = stock_run_recbole(model="DERRD", config_dict=dict(tiny), saved=True)
+    # A freshly trained and a cached teacher give the identical student.
+    assert second["test_result"] == first["test_result"]
+    assert second["best_valid_result"] == first["best_valid_result"]
+
+
+def test_changed_teacher_settings_get_a_new_cache_entry(tiny):
+    run_recbole("RRD", config_dict=dict(tiny, epochs=1), saved=False)
+    run_recbole("RRD", config_dict=dict(tiny, epochs=1, t_learning_rate=0.01), saved=False)
+    assert len(teacher_files(tiny)) == 2
+
+
+def test_teacher_checkpoint_is_loaded_and_verified(tiny, tmp_path):
+    run_recbole("RRD", config_dict=dict(tiny, epochs=1), saved=False)
+    cached = os.path.join(tiny["checkpoint_dir"], "teachers", teacher_files(tiny)[0])
+    given = dict(tiny, epochs=1, teacher_checkpoint=cached, teacher_cache_dir=str(tmp_path / "unused"))
+    result = run_recbole("RRD", config_dict=given, saved=False)
+    assert result["test_result"]["ndcg@10"] >= 0
+    assert not os.path.exists(tmp_path / "unused")
+
+    other = write_tiny_dataset(str(tmp_path / "other"), seed=99)
+    with pytest.raises(CheckpointError, match="data.train_interactions"):
+        run_recbole("RRD", config_dict=dict(given, data_path=other), saved=False)
+    with pytest.raises(CheckpointError, match="t_ settings"):
+        run_recbole("RRD", config_dict=dict(given, t_embedding_size=32), saved=False)
+    with pytest.raises(CheckpointError, match="checkpoint file not found: .*nope.pth"):
+        run_recbole("RRD", config_dict=dict(given, teacher_checkpoint="nope.pth"), saved=False)
+
+
+def test_stock_recbole_checkpoint_as_teacher(tiny):
+    stock = run_recbole("BPR", config_dict=dict(tiny, embedding_size=16, epochs=2), saved=True)
+    result = run_recbole("DE", config_dict=dict(tiny, epochs=1, teacher_checkpoint=stock["saved_model_file"]),
+                         saved=False)
+    assert result["test_result"]["hit@10"] >= 0
+    with pytest.raises(CheckpointError, match="seed: checkpoint has 7, this run has 8"):
+        run_recbole("DE", config_dict=dict(tiny, epochs=1, seed=8,
+                                           teacher_checkpoint=stock["saved_model_file"]), saved=False)
+
+
+def test_full_ranking_mode(tiny):
+    full = dict(tiny, eval_args=dict(tiny["eval_args"], mode="full"))
+    result = run_recbole("DERRD", config_dict=full, saved=True)
+    assert 0 <= result["test_result"]["ndcg@10"] <= 1
+
+
+def test_load_data_and_model_plugin_and_stock(tiny, workdir):
+    result = run_recbole("DERRD", config_dict=dict(tiny), saved=True)
+    path = result["saved_model_file"]
+    config, model, _, _, _, test_data = load_data_and_model(path)
+    assert type(model).__name__ == "DERRD"
+    saved = torch.load(path, weights_only=False)["state_dict"]
+    torch.testing.assert_close(model.state_dict()["student.user_embedding.weight"],
+                               saved["student.user_embedding.weight"])
+
+    code = (
+        "import recbole_derrd\n"
+        "from recbole.quick_start import load_data_and_model\n"
+        "config, model, *_ = load_data_and_model(%r)\n"
+        "print(type(model).__name__)\n" % path
+    )
+    stock = run_subprocess(code, str(workdir), {"PYTHONPATH": ROOT})
+    assert stock.returncode != 0 and "weights_only" in stock.stderr  # torch >= 2.6 default
+    stock = run_subprocess(code, str(workdir), {"PYTHONPATH": ROOT, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
+    assert stock.returncode == 0, stock.stderr[-2000:]
+    assert stock.stdout.strip().endswith("DERRD")
+
+
+EXPORT_CHECK = r"""
+import json, sys, torch
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.trainer import Trainer
+from recbole.utils import get_model, init_seed
+out = sys.argv[1]
+config = Config(model="BPR", config_file_list=[out + "/BPR-student.yaml"])
+init_seed(config["seed"], config["reproducibility"])
+train, valid, test = data_preparation(config, create_dataset(config))
+model = get_model("BPR")(config, train._dataset)
+model.load_state_dict(torch.load(out + "/BPR-student.weights.pt", weights_only=True))
+checkpoint = torch.load(out + "/BPR-student.pth", weights_only=False)
+assert checkpoint["config"]["model"] == "BPR"
+model2 = get_model("BPR")(checkpoint["config"], train._dataset)
+model2.load_state_dict(checkpoint["state_dict"])
+assert torch.equal(model.user_embedding.weight, model2.user_embedding.weight)
+trainer = Trainer(config, model)
+init_seed(config["seed"], config["reproducibility"])
+result = trainer.evaluate(test, load_best_model=False)
+assert "recbole_derrd" not in sys.modules
+print(json.dumps(dict(result)))
+"""
+
+
+def test_exported_student_runs_on_stock_recbole(tiny, workdir):
+    from recbole_derrd.export import export_student
+
+    result = run_recbole("DERRD", config_dict=dict(tiny), saved=True)
+    out = str(workdir / "exported")
+    paths = export_student(result["saved_model_file"], out)
+    state = torch.load(paths["weights"], weights_only=True)
+    assert set(state) == {"user_embedding.weight", "item_embedding.weight"}
+    assert state["user_embedding.weight"].shape[1] == 8
+    settings = yaml.safe_load(open(paths["config"]))
+    assert settings["model"] == "BPR" and "de_weight" not in settings and "t_embedding_size" not in settings
+
+    script = workdir / "check_export.py"
+    script.write_text(EXPORT_CHECK)
+    proc = subprocess.run([sys.executable, str(script), out], cwd=str(workdir), capture_output=True,
+                          text=True, timeout=600,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stock_metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert stock_metrics == pytest.approx(dict(result["test_result"]))
+
+
+def test_side_by_side_shares_split_and_negatives(tiny, capsys):
+    report = run_side_by_side("DERRD", config_dict=dict(tiny), saved=True, export_dir="exported")
+    names = [row["model"] for row in report["rows"]]
+    assert names[0].startswith("Teacher (BPR-16)") and names[1].startswith("Student alone (BPR-8)")
+    assert names[2].startswith("DERRD (BPR-8)")
+    sizes = {len(v["ndcg@10"]) for v in report["per_user"].values()}
+    assert len(sizes) == 1  # the same users, in the same order, for every row
+    assert {t["metric"] for t in report["paired_tests"]} == {"ndcg@10", "hit@10"}
+    for t in report["paired_tests"]:
+        assert 0.0 <= t["p_value"] <= 1.0
+    out = capsys.readouterr().out
+    assert "| Teacher (BPR-16)" in out and "Wilcoxon" in out
+    assert os.path.isfile(report["exported"]["weights"])
+    # The per-user values average to RecBole's own numbers.
+    for name, row in zip(("teacher", "student", "DERRD"), report["rows"]):
+        assert report["per_user"][name]["ndcg@10"].mean() == pytest.approx(row["test_result"]["ndcg@10"], abs=1e-4)
+
+
+def test_run_script_mirrors_recbole_flags(tiny, workdir):
+    config_file = workdir / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(dict(tiny, epochs=1)))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "run_recbole_derrd.py"), "--model=RRD",
+         "--config_files=%s" % config_file, "--rrd_k=4"],
+        cwd=str(workdir), capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| Teacher (BPR-16)" in proc.stdout and "| RRD (BPR-8)" in proc.stdout
+
+
+def test_hyper_tuning_uses_plugin_models(tiny, workdir):
+    pytest.importorskip("hyperopt", reason="HyperTuning needs the optional hyperopt package")
+    from recbole.quick_start import objective_function
+    from recbole.trainer import HyperTuning
+
+    fixed = workdir / "fixed.yaml"
+    fixed.write_text(yaml.safe_dump(dict(tiny, model="DERRD", epochs=1)))
+    params = workdir / "params.hyper"
+    params.write_text("de_weight choice [0.01,0.1]\n")
+    tuner = HyperTuning(objective_function, algo="exhaustive", early_stop=10, max_evals=2,
+                        params_file=str(params), fixed_config_file_list=[str(fixed)])
+    tuner.run()
+    assert len(tuner.params2result) == 2
+    assert tuner.best_params["de_weight"] in (0.01, 0.1)
