@@ -8,6 +8,7 @@ alone and the DE-RRD student side by side.
     python run_recbole_derrd.py --model=DE --dataset=ml-100k
     python run_recbole_derrd.py --config_files="my.yaml" --de_weight=0.1
     python run_recbole_derrd.py --model=DERRD --side_by_side=False   # only the DE-RRD run
+    python run_recbole_derrd.py --seeds=0,1,2                # mean +- std over seeds
     python run_recbole_derrd.py --model=BPR                  # any stock RecBole model
 
 Flags mirror RecBole's run_recbole.py; any ``--key=value`` is a RecBole config override.
@@ -38,6 +39,8 @@ def parse_args(argv):
     parser.add_argument("--group_offset", type=int, default=0, help="the global rank offset of this group")
     parser.add_argument("--side_by_side", type=str, default="True",
                         help="for DE/RRD/DERRD: also test the teacher and the student alone")
+    parser.add_argument("--seeds", type=str, default=None,
+                        help="comma-separated seeds: side-by-side runs per seed, then mean +- std")
     parser.add_argument("--export_dir", type=str, default=None,
                         help="export the distilled student as a stock RecBole model here")
     args, _ = parser.parse_known_args(argv)
@@ -52,6 +55,11 @@ def main(argv=None):
         config_file_list = [os.path.join(properties_dir(), DEFAULT_PROTOCOL)]
     side_by_side = args.side_by_side.lower() not in ("false", "0", "no")
     distributed = args.nproc > 1 or args.world_size > 0
+    if args.model in PLUGIN_MODELS and side_by_side and not distributed and args.seeds:
+        from recbole_derrd.quick_start import run_seeds
+
+        seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+        return run_seeds(args.model, args.dataset, config_file_list, seeds)
     if args.model in PLUGIN_MODELS and side_by_side and not distributed:
         from recbole_derrd.quick_start import run_side_by_side
 

@@ -150,7 +150,58 @@ def run_side_by_side(model="DERRD", dataset="ml-100k", config_file_list=None, co
     logger.info("\n".join(lines))
     return {"rows": rows, "paired_tests": tests, "teacher_tests": teacher_tests,
             "per_user": {"teacher": teacher_users, "student": student_users, model: distilled_users},
-            "exported": exported, "config": config}
+            "exported": exported, "config": config, "test_split": _split_digest(test_data)}
+
+
+def _split_digest(eval_data):
+    from recbole_derrd.teacher import data_fingerprint
+
+    return data_fingerprint(eval_data._dataset)["train_interactions"]
+
+
+def run_seeds(model="DERRD", dataset="ml-100k", config_file_list=None, seeds=(0, 1, 2),
+              config_dict=None, saved=True, stream=None):
+    """:func:`run_side_by_side` once per seed, then mean +- std over seeds.
+
+    When every seed tested on the same split (e.g. a time-ordered leave-one-out), the per-user
+    metrics are averaged over seeds and the distilled student is tested against the student
+    alone on those averages (Wilcoxon signed-rank); otherwise only per-seed tests are reported.
+    """
+    import numpy as np
+
+    stream = stream or sys.stdout
+    reports = [run_side_by_side(model, dataset, config_file_list, dict(config_dict or {}, seed=seed),
+                                saved=saved, stream=stream) for seed in seeds]
+    metrics = list(reports[0]["rows"][0]["test_result"])
+    summary = []
+    for index, row in enumerate(reports[0]["rows"]):
+        values = np.array([[r["rows"][index]["test_result"][m] for m in metrics] for r in reports])
+        summary.append({"model": row["model"], "parameters": row["parameters"],
+                        "mean": dict(zip(metrics, values.mean(0))), "std": dict(zip(metrics, values.std(0))),
+                        "per_seed": dict(zip(metrics, values.T.tolist()))})
+    lines = ["", "Mean +- std over seeds %s on %s" % (list(seeds), dataset),
+             "| method | params | " + " | ".join(metrics) + " |", "|" + " --- |" * (len(metrics) + 2)]
+    for row in summary:
+        lines.append("| %s | %s | %s |" % (row["model"], format(row["parameters"], ","), " | ".join(
+            "%.4f +- %.4f" % (row["mean"][m], row["std"][m]) for m in metrics)))
+    for seed, report in zip(seeds, reports):
+        for t in report["paired_tests"]:
+            lines.append("seed %s: %s vs student alone, %s: %+.4f, p = %.3g"
+                         % (seed, model, t["metric"], t["mean_diff"], t["p_value"]))
+    pooled = []
+    if len({r["test_split"] for r in reports}) == 1:
+        average = {name: {m: np.mean([r["per_user"][name][m] for r in reports], axis=0)
+                          for m in PAIRED_METRICS} for name in ("student", model)}
+        pooled = [paired_test(average["student"], average[model], m) for m in PAIRED_METRICS]
+        for t in pooled:
+            lines.append("all seeds (per-user mean over seeds, same split): %s vs student alone, %s: "
+                         "%+.4f, Wilcoxon p = %.3g (%d users)"
+                         % (model, t["metric"], t["mean_diff"], t["p_value"], t["n_users"]))
+    else:
+        lines.append("the seeds tested on different splits: no pooled per-user test")
+    stream.write("\n".join(lines) + "\n")
+    getLogger().info("\n".join(lines))
+    return {"summary": summary, "reports": reports, "pooled_tests": pooled}
 
 
 def load_data_and_model(model_file):

@@ -199,3 +199,35 @@ def test_hyper_tuning_uses_plugin_models(tiny, workdir):
     tuner.run()
     assert len(tuner.params2result) == 2
     assert tuner.best_params["de_weight"] in (0.01, 0.1)
+
+
+def test_run_seeds_aggregates_and_pools_same_split(tiny, capsys):
+    from recbole_derrd.quick_start import run_seeds
+
+    report = run_seeds("DE", config_dict=dict(tiny, epochs=1), seeds=(1, 2), saved=False)
+    student = report["summary"][1]
+    assert student["model"].startswith("Student alone")
+    values = student["per_seed"]["ndcg@10"]
+    assert len(values) == 2 and student["mean"]["ndcg@10"] == pytest.approx(sum(values) / 2)
+    assert {t["metric"] for t in report["pooled_tests"]} == {"ndcg@10", "hit@10"}  # TO split: same
+    assert "Mean +- std over seeds [1, 2]" in capsys.readouterr().out
+
+
+def test_resume_checkpoint_on_current_torch(tiny):
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, get_trainer, init_seed
+
+    first = run_recbole("DERRD", config_dict=dict(tiny, epochs=2), saved=True)
+    config = Config(model="DERRD", config_dict=dict(tiny, epochs=4))
+    init_seed(config["seed"], config["reproducibility"])
+    train, valid, test = data_preparation(config, create_dataset(config))
+    model = get_model("DERRD")(config, train._dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], "DERRD")(config, model)
+    trainer.resume_checkpoint(first["saved_model_file"])
+    saved_epoch = torch.load(first["saved_model_file"], weights_only=False)["epoch"]
+    assert trainer.start_epoch == saved_epoch + 1
+    trainer.fit(train, valid, saved=True)
+    assert model.tau == pytest.approx(1e-10 ** (3 / 1000))  # annealing continued to epoch 3
+    result = trainer.evaluate(test, load_best_model=True)
+    assert 0 <= result["ndcg@10"] <= 1
