@@ -98,7 +98,7 @@ def format_table(rows, metrics):
     return "\n".join(lines)
 
 
-def run_side_by_side(model="DERRD", dataset="ml-100k", config_file_list=None, config_dict=None,
+def run_side_by_side(model="DERRD", dataset=None, config_file_list=None, config_dict=None,
                      saved=True, export_dir=None, stream=None):
     """Teacher, student alone and ``model`` (DE, RRD or DERRD) on one split, side by side.
 
@@ -159,7 +159,7 @@ def _split_digest(eval_data):
     return data_fingerprint(eval_data._dataset)["train_interactions"]
 
 
-def run_seeds(model="DERRD", dataset="ml-100k", config_file_list=None, seeds=(0, 1, 2),
+def run_seeds(model="DERRD", dataset=None, config_file_list=None, seeds=(0, 1, 2),
               config_dict=None, saved=True, stream=None):
     """:func:`run_side_by_side` once per seed, then mean +- std over seeds.
 
@@ -179,7 +179,7 @@ def run_seeds(model="DERRD", dataset="ml-100k", config_file_list=None, seeds=(0,
         summary.append({"model": row["model"], "parameters": row["parameters"],
                         "mean": dict(zip(metrics, values.mean(0))), "std": dict(zip(metrics, values.std(0))),
                         "per_seed": dict(zip(metrics, values.T.tolist()))})
-    lines = ["", "Mean +- std over seeds %s on %s" % (list(seeds), dataset),
+    lines = ["", "Mean +- std over seeds %s on %s" % (list(seeds), reports[0]["config"]["dataset"]),
              "| method | params | " + " | ".join(metrics) + " |", "|" + " --- |" * (len(metrics) + 2)]
     for row in summary:
         lines.append("| %s | %s | %s |" % (row["model"], format(row["parameters"], ","), " | ".join(

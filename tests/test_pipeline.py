@@ -177,7 +177,7 @@ def test_run_script_mirrors_recbole_flags(tiny, workdir):
     config_file = workdir / "tiny.yaml"
     config_file.write_text(yaml.safe_dump(dict(tiny, epochs=1)))
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "run_recbole_derrd.py"), "--model=RRD",
+        [sys.executable, os.path.join(ROOT, "run_recbole_derrd.py"), "--model=RRD", "--dataset=tiny",
          "--config_files=%s" % config_file, "--rrd_k=4"],
         cwd=str(workdir), capture_output=True, text=True, timeout=600,
         env=dict(os.environ, PYTHONPATH=ROOT))
@@ -231,3 +231,10 @@ def test_resume_checkpoint_on_current_torch(tiny):
     assert model.tau == pytest.approx(1e-10 ** (3 / 1000))  # annealing continued to epoch 3
     result = trainer.evaluate(test, load_best_model=True)
     assert 0 <= result["ndcg@10"] <= 1
+
+
+def test_stock_run_entry_point(tiny):
+    from recbole.quick_start import run
+
+    result = run("RRD", "tiny", config_dict=dict(tiny, epochs=1), saved=True)
+    assert 0 <= result["test_result"]["ndcg@10"] <= 1
