@@ -162,9 +162,11 @@ def test_tau_follows_epochs(tiny):
     ("de_tau_start", 0, "de_tau_start=0"),
     ("rrd_k", 30, "rrd_k=30 must not exceed rrd_top_n=20"),
     ("rrd_temperature", -2.0, "rrd_temperature=-2.0"),
+    ("rrd_sampling", "best", "rrd_sampling='best'"),
+    ("rrd_l", 200, "rrd_top_n \\+ rrd_l = 220 needs 220 unobserved items per user"),
 ])
 def test_bad_settings_are_clear_errors(tiny, key, value, message):
-    with pytest.raises(ValueError, match=message.replace("(", "\\(").replace(")", "\\)")):
+    with pytest.raises(ValueError, match=message):
         build("DERRD", dict(tiny, **{key: value}), prepare=False)
 
 

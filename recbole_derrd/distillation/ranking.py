@@ -13,7 +13,7 @@ import torch
 SCORE_CHUNK_ELEMENTS = 1 << 24
 
 
-def _check_room(train_counts, n_items, needed, what):
+def check_room(train_counts, n_items, needed, what):
     """Every user must have ``needed`` items that are neither training items nor padding."""
     room = (n_items - 1) - train_counts
     worst = int(np.argmin(room)) if len(room) else 0
@@ -38,7 +38,7 @@ def teacher_top_n(score_fn, train_matrix, n, device="cpu", chunk_elements=SCORE_
         int64 numpy array [n_users, n], best first.
     """
     n_users, n_items = train_matrix.shape
-    _check_room(np.diff(train_matrix.indptr), n_items, n, "rrd_top_n=%d" % n)
+    check_room(np.diff(train_matrix.indptr), n_items, n, "rrd_top_n=%d" % n)
     chunk = max(1, chunk_elements // max(n_items, 1))
     top = np.empty((n_users, n), dtype=np.int64)
     for start in range(0, n_users, chunk):
@@ -101,7 +101,7 @@ class RRDSampler:
             raise ValueError("rrd_temperature=%r must be > 0" % (temperature,))
         train_matrix = train_matrix.tocsr()
         train_matrix.sort_indices()
-        _check_room(np.diff(train_matrix.indptr), self.n_items, self.n + self.l,
+        check_room(np.diff(train_matrix.indptr), self.n_items, self.n + self.l,
                     "rrd_top_n + rrd_l = %d" % (self.n + self.l))
         # log p(rank) up to a constant, rank = 1..N
         self.log_p = -np.arange(1, self.n + 1, dtype=np.float64) / temperature

@@ -26,8 +26,10 @@ from recbole_derrd.distillation import (
     tau_at_epoch,
     teacher_top_n,
 )
+from recbole_derrd.distillation.ranking import check_room
 
 KD_REDUCTIONS = ("per_row", "sum")
+RRD_SAMPLING = ("sample", "top")
 
 
 class FrozenTeacher:
@@ -97,7 +99,7 @@ class DistilledRecommender(GeneralRecommender):
             self.tau_end = _positive(config, "de_tau_end")
             if self.tau_end > self.tau_start:
                 raise ValueError("de_tau_end=%r must not exceed de_tau_start=%r" % (self.tau_end, self.tau_start))
-            self.anneal_epochs = config["de_anneal_epochs"]
+            self.anneal_epochs = _non_negative(config, "de_anneal_epochs")
             num_experts = int(_positive(config, "de_num_experts"))
             self.user_experts = DistillationExperts(
                 self.student_adapter.user_dim, self.teacher_adapter.user_dim, num_experts)
@@ -114,6 +116,12 @@ class DistilledRecommender(GeneralRecommender):
             self.rrd_sampling = config["rrd_sampling"]
             if self.rrd_k > self.rrd_top_n:
                 raise ValueError("rrd_k=%d must not exceed rrd_top_n=%d" % (self.rrd_k, self.rrd_top_n))
+            if self.rrd_sampling not in RRD_SAMPLING:
+                raise ValueError("rrd_sampling=%r must be one of %s" % (self.rrd_sampling, RRD_SAMPLING))
+            # Fail before the teacher is trained if some user cannot get N + L distinct items.
+            train_counts = np.bincount(dataset.inter_feat[self.USER_ID].numpy(), minlength=self.n_users)
+            check_room(train_counts, self.n_items, self.rrd_top_n + self.rrd_l,
+                       "rrd_top_n + rrd_l = %d" % (self.rrd_top_n + self.rrd_l))
             self.rrd_sampler = None
             self.interesting = self.uninteresting = None
         self.loss_part_names = tuple(names)
