@@ -8,7 +8,7 @@ around here, deliberately and narrowly:
 
 * torch >= 2.6 loads with ``weights_only=True`` by default, which rejects every RecBole
   checkpoint (they pickle the ``Config``).  :func:`load_checkpoint` is the one place the plugin
-  reads a checkpoint; ``torch.load`` itself is never patched.
+  reads a checkpoint, through a restricted unpickler; ``torch.load`` itself is never patched.
 * scipy >= 1.13 removed ``dok_matrix._update``, used by LightGCN/NGCF/GCMC/NCL/SpectralCF to
   build their adjacency matrix.  :func:`install_scipy_dok_update` restores it.
 """
@@ -80,20 +80,39 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupt or not what it should be."""
 
 
-def load_checkpoint(path, map_location="cpu"):
+TRUST_ENV = "RECBOLE_DERRD_TRUST_CHECKPOINTS"
+
+
+def load_checkpoint(path, map_location="cpu", trusted=None):
     """Load a RecBole-style checkpoint (a pickled dict holding the Config) on any torch.
 
     RecBole's checkpoints cannot be read with torch's ``weights_only=True`` (the default since
-    torch 2.6), so they are loaded with full unpickling, explicitly, only here.  Load files you
-    trust: a checkpoint can carry code.
+    torch 2.6) because they pickle the Config.  They are read with
+    :mod:`recbole_derrd.safe_unpickle`, which resolves only what RecBole checkpoints contain and
+    refuses any other global, so a crafted file cannot run code.  ``trusted=True`` (or the
+    environment variable ``RECBOLE_DERRD_TRUST_CHECKPOINTS=1``) allows full unpickling, with a
+    warning, for trusted files holding other objects.
     """
     import torch
+
+    from recbole_derrd import safe_unpickle
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError("checkpoint file not found: %s" % path)
+    if trusted is None:
+        trusted = os.environ.get(TRUST_ENV, "") not in ("", "0", "false", "False")
+    if trusted:
+        warnings.warn("loading %s with full unpickling: only do this for files you trust" % path,
+                      stacklevel=2)
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        if trusted:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=False,
+                          pickle_module=safe_unpickle)
+    except safe_unpickle.UnsafeCheckpointError as exc:
+        raise CheckpointError("refusing checkpoint %s: %s (set %s=1 only for files you trust)"
+                              % (path, exc, TRUST_ENV)) from exc
     except Exception as exc:  # truncated zip, wrong format, ...
         raise CheckpointError(
             "cannot read checkpoint %s (truncated or corrupt?): %s: %s"

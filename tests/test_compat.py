@@ -91,3 +91,46 @@ def test_pandas_inplace_warning_is_silenced():
         warnings.warn("A value is trying to be set on a copy\nThis inplace method will never work because",
                       FutureWarning)
     assert caught == []
+
+
+class _RunsCommand:
+    """Unpickling this runs a shell command (the classic malicious-pickle payload)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch %s" % self.marker,))
+
+
+def test_crafted_checkpoint_is_refused_without_side_effect(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"config": _RunsCommand(marker), "state_dict": {}}, path)
+    with pytest.raises(compat.CheckpointError, match=r"refusing checkpoint .*evil.pth.*(posix|os)\.system"):
+        compat.load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_trusted_loading_is_opt_in_with_warning(tmp_path, monkeypatch):
+    path = tmp_path / "other.pth"
+    torch.save({"state_dict": {}, "extra": compat.CheckpointError("kept")}, path)
+    with pytest.raises(compat.CheckpointError, match="refusing"):
+        compat.load_checkpoint(path)
+    with pytest.warns(UserWarning, match="full unpickling"):
+        assert isinstance(compat.load_checkpoint(path, trusted=True)["extra"], compat.CheckpointError)
+    monkeypatch.setenv(compat.TRUST_ENV, "1")
+    with pytest.warns(UserWarning, match="files you trust"):
+        compat.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("model", ["BPR", "LightGCN", "DERRD"])
+def test_genuine_recbole_checkpoints_load_safely(tiny, model):
+    from recbole_derrd.quick_start import run_recbole
+
+    result = run_recbole(model, config_dict=dict(tiny, epochs=1), saved=True)
+    checkpoint = compat.load_checkpoint(result["saved_model_file"])
+    assert checkpoint["config"]["model"] == model
+    assert checkpoint["state_dict"]
