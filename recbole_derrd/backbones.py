@@ -110,7 +110,46 @@ class LightGCNAdapter(MFAdapter):
         return user_all[users] @ item_all.t()
 
 
-ADAPTERS = {name: cls for cls in (MFAdapter, LightGCNAdapter) for name in cls.model_names}
+class NeuMFAdapter(BackboneAdapter):
+    """NeuMF: the representation is the concatenation [GMF embedding, MLP embedding].
+
+    Those two embeddings are everything NeuMF learns per user or item (its MLP and output
+    layer are shared by all pairs), so they are what a student must carry over; scores are
+    NeuMF's logits (the pre-sigmoid output, which ranks the same as ``predict``).
+    """
+
+    model_names = ("NeuMF",)
+    #: (user, item) pairs scored per forward pass when ranking the whole catalogue.
+    PAIRS_PER_PASS = 1 << 18
+
+    @property
+    def user_dim(self):
+        return self.model.user_mf_embedding.embedding_dim + self.model.user_mlp_embedding.embedding_dim
+
+    @property
+    def item_dim(self):
+        return self.model.item_mf_embedding.embedding_dim + self.model.item_mlp_embedding.embedding_dim
+
+    def user_repr(self, users):
+        return torch.cat([self.model.user_mf_embedding(users), self.model.user_mlp_embedding(users)], -1)
+
+    def item_repr(self, items):
+        return torch.cat([self.model.item_mf_embedding(items), self.model.item_mlp_embedding(items)], -1)
+
+    def score(self, users, items):
+        flat_users = users.unsqueeze(1).expand_as(items).reshape(-1)
+        return self.model.forward(flat_users, items.reshape(-1)).view(items.shape)
+
+    def all_scores(self, users):
+        n_items = self.model.n_items
+        all_items = torch.arange(n_items, device=users.device)
+        step = max(1, self.PAIRS_PER_PASS // n_items)
+        rows = [self.score(users[i:i + step], all_items.expand(len(users[i:i + step]), n_items))
+                for i in range(0, len(users), step)]
+        return torch.cat(rows, 0)
+
+
+ADAPTERS = {name: cls for cls in (MFAdapter, LightGCNAdapter, NeuMFAdapter) for name in cls.model_names}
 
 
 def supported_backbones():

@@ -126,7 +126,7 @@ def test_trusted_loading_is_opt_in_with_warning(tmp_path, monkeypatch):
         compat.load_checkpoint(path)
 
 
-@pytest.mark.parametrize("model", ["BPR", "LightGCN", "DERRD"])
+@pytest.mark.parametrize("model", ["BPR", "LightGCN", "NeuMF", "DERRD"])
 def test_genuine_recbole_checkpoints_load_safely(tiny, model):
     from recbole_derrd.quick_start import run_recbole
 

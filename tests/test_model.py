@@ -71,7 +71,7 @@ def test_backbone_defaults_reach_student_and_teacher(tiny):
 
 
 def test_unsupported_backbone_is_a_clear_error(tiny):
-    with pytest.raises(ValueError, match=r"student_model='NGCF' is not a supported backbone; supported: BPR, LightGCN"):
+    with pytest.raises(ValueError, match=r"student_model='NGCF' is not a supported backbone; supported: BPR, LightGCN, NeuMF"):
         Config(model="DERRD", config_dict=dict(tiny, student_model="NGCF"))
     with pytest.raises(ValueError, match=r"teacher_model='Pop'"):
         Config(model="DERRD", config_dict=dict(tiny, teacher_model="Pop"))
@@ -170,12 +170,52 @@ def test_bad_settings_are_clear_errors(tiny, key, value, message):
         build("DERRD", dict(tiny, **{key: value}), prepare=False)
 
 
-def test_lightgcn_student_and_teacher(tiny):
-    """LightGCN as student and as teacher (scipy >= 1.13 needs the compat dok_matrix shim)."""
-    config, net, train, _, _ = build("DERRD", dict(tiny, student_model="LightGCN", teacher_model="LightGCN",
-                                                   t_epochs=1))
+@pytest.mark.parametrize("student,teacher", [("LightGCN", "LightGCN"), ("BPR", "LightGCN"),
+                                             ("NeuMF", "NeuMF"), ("BPR", "NeuMF")])
+def test_backbone_pairs_train(tiny, student, teacher):
+    """Homogeneous and mixed pairs (LightGCN needs the compat dok_matrix shim on scipy >= 1.13)."""
+    sizes = {"mf_embedding_size": 8, "mlp_embedding_size": 8, "mlp_hidden_size": [16, 8],
+             "t_mf_embedding_size": 16, "t_mlp_embedding_size": 16}
+    config, net, train, _, _ = build("DERRD", dict(tiny, student_model=student, teacher_model=teacher,
+                                                   t_epochs=1, **sizes))
     batch = next(iter(train))
     parts = net.calculate_loss(batch)
     assert len(parts) == 3 and all(torch.isfinite(p) for p in parts)
     sum(parts).backward()
-    assert net.student.user_embedding.weight.grad.abs().sum() > 0
+    grads = [p.grad for p in net.student.parameters() if p.grad is not None]
+    assert grads and sum(g.abs().sum() for g in grads) > 0
+
+
+def test_neumf_student_is_pointwise_and_gets_its_stock_defaults(tiny):
+    config = Config(model="DERRD", config_dict=dict(tiny, student_model="NeuMF", teacher_model="NeuMF"))
+    assert config["MODEL_INPUT_TYPE"] == InputType.POINTWISE       # follows the student
+    assert config["mlp_hidden_size"] == [128, 64]                   # NeuMF.yaml reaches the student
+    assert config["t_mlp_hidden_size"] == [128, 64]                 # ... and the teacher, prefixed
+    config, net, train, _, _ = build("DERRD", dict(tiny, student_model="NeuMF", teacher_model="NeuMF",
+                                                   t_epochs=1, mlp_hidden_size=[32, 16]))
+    assert [m.out_features for m in net.student.mlp_layers.mlp_layers if hasattr(m, "out_features")] == [32, 16]
+    batch = next(iter(train))
+    assert "label" in batch and "neg_item_id" not in batch
+    positives, negatives = net._batch_items(batch)
+    assert len(positives) == int((batch["label"] > 0.5).sum()) and len(negatives) > 0
+    # DE distils the concatenated [GMF, MLP] embeddings of NeuMF.
+    assert net.student_adapter.user_dim == 64 + 64
+    users = torch.tensor([1, 2])
+    torch.testing.assert_close(net.teacher_adapter.user_repr(users), torch.cat(
+        [net.teacher.user_mf_embedding(users), net.teacher.user_mlp_embedding(users)], -1))
+
+
+def test_neumf_catalogue_scores_match_pairwise_scores(tiny):
+    config, net, train, _, _ = build("RRD", dict(tiny, student_model="NeuMF", teacher_model="NeuMF",
+                                                 t_epochs=1))
+    adapter = net.teacher_adapter
+    adapter.PAIRS_PER_PASS = 500  # force several passes
+    users = torch.arange(1, 8)
+    with torch.no_grad():
+        full = adapter.all_scores(users)
+        items = torch.arange(net.n_items).expand(len(users), -1)
+        pairwise = torch.sigmoid(adapter.score(users, items))
+        direct = net.teacher.predict({"user_id": users.repeat_interleave(net.n_items),
+                                      "item_id": items.reshape(-1)}).view(len(users), -1)
+    torch.testing.assert_close(torch.sigmoid(full), pairwise)
+    torch.testing.assert_close(pairwise, direct)
