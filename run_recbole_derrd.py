@@ -9,6 +9,7 @@ alone and the DE-RRD student side by side.
     python run_recbole_derrd.py --config_files="my.yaml" --de_weight=0.1
     python run_recbole_derrd.py --model=DERRD --side_by_side=False   # only the DE-RRD run
     python run_recbole_derrd.py --seeds=0,1,2                # mean +- std over seeds
+    python run_recbole_derrd.py --resume=saved/DERRD-<time>-last.pth   # after a crash
     python run_recbole_derrd.py --model=BPR                  # any stock RecBole model
 
 Flags mirror RecBole's run_recbole.py; any ``--key=value`` is a RecBole config override.
@@ -39,6 +40,9 @@ def parse_args(argv):
     parser.add_argument("--group_offset", type=int, default=0, help="the global rank offset of this group")
     parser.add_argument("--side_by_side", type=str, default="True",
                         help="for DE/RRD/DERRD: also test the teacher and the student alone")
+    parser.add_argument("--resume", type=str, default=None,
+                        help="continue the distilled run from its '-last.pth' checkpoint "
+                             "(RecBole's Config reads it as the config key `resume`)")
     parser.add_argument("--seeds", type=str, default=None,
                         help="comma-separated seeds: side-by-side runs per seed, then mean +- std")
     parser.add_argument("--export_dir", type=str, default=None,

@@ -19,6 +19,8 @@ import os
 import yaml
 
 TEACHER_PREFIX = "t_"
+#: student-run controls that must not leak into the teacher's settings (use ``t_<key>``).
+STUDENT_ONLY_KEYS = ("resume",)
 
 
 def properties_dir():
@@ -84,7 +86,8 @@ def layered_properties(model_class, external, loader=yaml.FullLoader):
 
 def teacher_settings(final_config_dict):
     """The teacher's config dict: the student's, with every ``t_<key>`` applied to ``<key>``."""
-    settings = {k: v for k, v in final_config_dict.items() if not k.startswith(TEACHER_PREFIX)}
+    settings = {k: v for k, v in final_config_dict.items()
+                if not k.startswith(TEACHER_PREFIX) and k not in STUDENT_ONLY_KEYS}
     settings.update(
         {k[len(TEACHER_PREFIX):]: v for k, v in final_config_dict.items() if k.startswith(TEACHER_PREFIX)}
     )
@@ -108,6 +111,20 @@ def backbone_config(config, model_name, settings):
 
 def teacher_config(config):
     return backbone_config(config, config["teacher_model"], teacher_settings(config.final_config_dict))
+
+
+def check_backbone_sizes(config):
+    """Every ``*_size`` key of the student's and teacher's stock yaml must be positive."""
+    for model_key, prefix in (("student_model", ""), ("teacher_model", TEACHER_PREFIX)):
+        for key in stock_model_yaml(config[model_key]):
+            if not key.endswith("_size"):
+                continue
+            value = config[prefix + key]
+            values = value if isinstance(value, list) else [value]
+            if not values or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values):
+                raise ValueError("%s=%r (%s %s) must be a positive integer%s"
+                                 % (prefix + key, value, model_key, config[model_key],
+                                    " or a list of them" if isinstance(value, list) else ""))
 
 
 def plugin_owned_keys(config, model_classes):

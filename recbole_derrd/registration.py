@@ -6,7 +6,8 @@
 * Trainers: ``get_trainer`` looks up ``recbole.trainer.<Model>Trainer``.
 * Properties: RecBole only reads yaml files beside its own package, so ``Config`` learns to
   layer the plugin's files (see :mod:`recbole_derrd.config`) and to take the model input type
-  (pairwise/pointwise) from the student backbone.  Both hooks act only on plugin models.
+  (pairwise/pointwise) from the student backbone, and checks the dataset's files before any
+  training.  Both hooks act only on plugin models.
 """
 
 import os
@@ -17,6 +18,7 @@ from recbole.config import Config
 from recbole.utils import get_model
 
 from recbole_derrd import config as plugin_config
+from recbole_derrd.data_checks import check_dataset_files
 from recbole_derrd.model import distilled
 from recbole_derrd.trainer import DistillationTrainer
 
@@ -47,6 +49,7 @@ def _set_default_parameters(self):
     if is_plugin_model(self.model_class):
         student = get_model(self.final_config_dict["student_model"])
         self.final_config_dict["MODEL_INPUT_TYPE"] = student.input_type
+        check_dataset_files(self)
 
 
 def _patch(cls, function):

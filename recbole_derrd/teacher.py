@@ -156,8 +156,11 @@ def train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress=
         trainer.fit(loader, valid_data, saved=True, show_progress=show_progress)
         best = load_checkpoint(trainer.saved_model_file, map_location=tconfig["device"])
     finally:
-        if os.path.exists(trainer.saved_model_file):
-            os.remove(trainer.saved_model_file)
+        from recbole_derrd.trainer import last_checkpoint_path
+
+        for leftover in (trainer.saved_model_file, last_checkpoint_path(trainer.saved_model_file)):
+            if os.path.exists(leftover):
+                os.remove(leftover)
     teacher.load_state_dict(best["state_dict"])
     return best
 

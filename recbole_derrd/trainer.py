@@ -1,17 +1,49 @@
-"""Trainers: RecBole's Trainer with torch-2.6-safe checkpoint loading and the KD hooks.
+"""Trainers: RecBole's Trainer with safe checkpoints, resumable runs and the KD hooks.
 
 * :class:`SafeCheckpointMixin` replaces the two places RecBole's Trainer reads a checkpoint
   (``evaluate(load_best_model=True)`` and ``resume_checkpoint``) with
-  :func:`recbole_derrd.compat.load_checkpoint`; everything else is RecBole's own code.
+  :func:`recbole_derrd.compat.load_checkpoint`, writes every checkpoint atomically, and keeps a
+  per-epoch "last" checkpoint (``<best file>-last.pth``) holding everything needed to resume
+  bit-for-bit: model, optimizer, epoch, early-stopping state, best result, the path of the best
+  checkpoint and every random state (python, numpy, torch, the training loader's generator).
+  ``resume: <last checkpoint>`` (or ``--resume=...`` on the command line) continues a run.
 * :class:`DistillationTrainer` prepares the teacher before training, re-seeds so that the
   student's random stream does not depend on whether the teacher was trained or cached, and
   calls the model's per-epoch hook (temperature annealing, RRD resampling).
 """
 
+import random
+
+import numpy as np
+import torch
 from recbole.trainer import Trainer
 from recbole.utils import init_seed, set_color
 
-from recbole_derrd.compat import load_checkpoint
+from recbole_derrd.checkpoints import atomic_save
+from recbole_derrd.compat import CheckpointError, load_checkpoint
+
+LAST_SUFFIX = "-last.pth"
+
+
+def last_checkpoint_path(saved_model_file):
+    stem = saved_model_file[:-4] if saved_model_file.endswith(".pth") else saved_model_file
+    return stem + LAST_SUFFIX
+
+
+def random_states(train_data=None):
+    states = {"python": random.getstate(), "numpy": np.random.get_state(),
+              "torch": torch.get_rng_state()}
+    if train_data is not None and getattr(train_data, "generator", None) is not None:
+        states["train_loader"] = train_data.generator.get_state()
+    return states
+
+
+def restore_random_states(states, train_data=None):
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if train_data is not None and "train_loader" in states:
+        train_data.generator.set_state(states["train_loader"])
 
 
 class SafeCheckpointMixin:
@@ -30,7 +62,53 @@ class SafeCheckpointMixin:
             self.logger.info("Loading model structure and parameters from {}".format(checkpoint_file))
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 
-    def resume_checkpoint(self, resume_file):
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """RecBole's checkpoint, written to a temporary file and renamed (never half-written)."""
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        atomic_save(self._checkpoint_state(epoch), saved_model_file, pickle_protocol=4)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def _checkpoint_state(self, epoch):
+        return {
+            "config": self.config,
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def _save_last_checkpoint(self, epoch, train_data):
+        """Everything needed to continue after ``epoch`` exactly as an uninterrupted run would."""
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        state = self._checkpoint_state(epoch)
+        state.update({"last": True, "best_valid_result": self.best_valid_result,
+                      "best_model_file": self.saved_model_file,
+                      "random_states": random_states(train_data)})
+        atomic_save(state, last_checkpoint_path(self.saved_model_file), pickle_protocol=4)
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
+            callback_fn=None):
+        resume = self.config["resume"]
+        if resume:
+            self.resume_checkpoint(resume, train_data=train_data)
+
+        def after_evaluation(epoch_idx, valid_score):
+            if saved:
+                self._save_last_checkpoint(epoch_idx, train_data)
+            if callback_fn:
+                callback_fn(epoch_idx, valid_score)
+
+        return super().fit(train_data, valid_data, verbose=verbose, saved=saved,
+                           show_progress=show_progress, callback_fn=after_evaluation)
+
+    def resume_checkpoint(self, resume_file, train_data=None):
+        """RecBole's resume; a "last" checkpoint also restores the best file and random states."""
         resume_file = str(resume_file)
         self.saved_model_file = resume_file
         checkpoint = self._load_into_model(resume_file)
@@ -40,7 +118,13 @@ class SafeCheckpointMixin:
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
+        if not checkpoint.get("optimizer"):
+            raise CheckpointError("%s has no optimizer state: it cannot be resumed" % resume_file)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("last"):
+            self.saved_model_file = checkpoint["best_model_file"]
+            self.best_valid_result = checkpoint["best_valid_result"]
+            restore_random_states(checkpoint["random_states"], train_data)
         self.logger.info("Checkpoint loaded. Resume training from epoch {}".format(self.start_epoch))
 
 

@@ -18,7 +18,7 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType, ModelType, get_model
 
 from recbole_derrd.backbones import adapter_for
-from recbole_derrd.config import teacher_config
+from recbole_derrd.config import check_backbone_sizes, teacher_config
 from recbole_derrd.distillation import (
     DistillationExperts,
     RRDSampler,
@@ -74,6 +74,8 @@ class DistilledRecommender(GeneralRecommender):
         super().__init__(config, dataset)
         self.config = config
         self.LABEL = config["LABEL_FIELD"]
+        self.epoch = 0
+        check_backbone_sizes(config)
         self.student = get_model(config["student_model"])(config, dataset)
         self.student_adapter = adapter_for(self.student)
 
@@ -149,6 +151,7 @@ class DistilledRecommender(GeneralRecommender):
 
     def start_epoch(self, epoch):
         """Per-epoch state: the annealed Gumbel temperature and fresh RRD lists."""
+        self.epoch = epoch
         if self.use_de:
             self.tau = tau_at_epoch(epoch, self.tau_start, self.tau_end, self.anneal_epochs)
         if self.use_rrd:
@@ -206,6 +209,11 @@ class DistilledRecommender(GeneralRecommender):
             parts.append(self.de_weight * scale * self.de_loss(interaction))
         if self.use_rrd:
             parts.append(self.rrd_weight * scale * self.rrd_loss(interaction))
+        for name, part in zip(self.loss_part_names, parts):
+            if not torch.isfinite(part):
+                raise FloatingPointError(
+                    "the %s loss became %s in epoch %d: training stopped; the last checkpoint "
+                    "written before it is kept" % (name, part.item(), self.epoch))
         return tuple(parts)
 
     # ------------------------------------------------------------------ prediction
