@@ -100,7 +100,8 @@ class DistilledRecommender(GeneralRecommender):
             self.tau_start = _positive(config, "de_tau_start")
             self.tau_end = _positive(config, "de_tau_end")
             if self.tau_end > self.tau_start:
-                raise ValueError("de_tau_end=%r must not exceed de_tau_start=%r" % (self.tau_end, self.tau_start))
+                raise ValueError("de_tau_end=%r must not exceed de_tau_start=%r"
+                                 % (self.tau_end, self.tau_start))
             self.anneal_epochs = _non_negative(config, "de_anneal_epochs")
             num_experts = int(_positive(config, "de_num_experts"))
             self.user_experts = DistillationExperts(
