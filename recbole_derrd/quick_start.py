@@ -21,6 +21,7 @@ from recbole_derrd.compat import load_checkpoint
 from recbole_derrd.config import student_config, plugin_owned_keys
 from recbole_derrd.evaluation import PAIRED_METRICS, comparable_test, paired_test
 from recbole_derrd.registration import PLUGIN_MODELS
+from recbole_derrd.teacher import interactions_digest
 from recbole_derrd.trainer import safe_trainer_class
 
 
@@ -79,13 +80,14 @@ def _teacher_row(distilled, config, test_data):
                                              distilled.teacher_config["model"]))(
         distilled.teacher_config, distilled.teacher)
     result, per_user = comparable_test(trainer, test_data, load_best_model=False)
-    return {"model": "Teacher (%s-%s)" % (config["teacher_model"], _size(distilled.teacher_config)),
+    return {"model": "Teacher (%s)" % _backbone_label(distilled.teacher_adapter),
             "test_result": result,
             "parameters": sum(p.numel() for p in distilled.teacher.parameters())}, per_user
 
 
-def _size(config):
-    return config["embedding_size"] if config["embedding_size"] is not None else "?"
+def _backbone_label(adapter):
+    """e.g. ``BPR-200``: the backbone and the size of its user representation."""
+    return "%s-%d" % (type(adapter.model).__name__, adapter.user_dim)
 
 
 def format_table(rows, metrics):
@@ -118,14 +120,15 @@ def run_side_by_side(model="DERRD", dataset=None, config_file_list=None, config_
 
     distilled_row, distilled, distilled_users = _train_and_test(
         config, data, train_data, valid_data, test_data, saved)
-    distilled_row["model"] = "%s (%s-%s)" % (model, config["student_model"], _size(config))
+    student_label = _backbone_label(distilled.student_adapter)
+    distilled_row["model"] = "%s (%s)" % (model, student_label)
     distilled_row["parameters"] = sum(p.numel() for p in distilled.student.parameters())
     teacher_row, teacher_users = _teacher_row(distilled, config, test_data)
 
     sconfig = student_config(config, plugin_owned_keys(config, PLUGIN_MODELS.values()))
     student_row, _, student_users = _train_and_test(
         sconfig, data, train_data, valid_data, test_data, saved)
-    student_row["model"] = "Student alone (%s-%s)" % (sconfig["model"], _size(sconfig))
+    student_row["model"] = "Student alone (%s)" % student_label
 
     rows = [teacher_row, student_row, distilled_row]
     metrics = list(distilled_row["test_result"])
@@ -150,13 +153,9 @@ def run_side_by_side(model="DERRD", dataset=None, config_file_list=None, config_
     logger.info("\n".join(lines))
     return {"rows": rows, "paired_tests": tests, "teacher_tests": teacher_tests,
             "per_user": {"teacher": teacher_users, "student": student_users, model: distilled_users},
-            "exported": exported, "config": config, "test_split": _split_digest(test_data)}
+            "exported": exported, "config": config, "test_split": interactions_digest(test_data._dataset)}
 
 
-def _split_digest(eval_data):
-    from recbole_derrd.teacher import data_fingerprint
-
-    return data_fingerprint(eval_data._dataset)["train_interactions"]
 
 
 def run_seeds(model="DERRD", dataset=None, config_file_list=None, seeds=(0, 1, 2),

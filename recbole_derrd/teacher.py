@@ -47,20 +47,23 @@ def _tokens_digest(tokens):
     return hashlib.sha256("\x1f".join(map(str, tokens)).encode("utf-8")).hexdigest()
 
 
+def interactions_digest(dataset):
+    """SHA-256 of a split's (user id, item id) pairs, in order."""
+    return _digest(dataset.inter_feat[dataset.uid_field].numpy(),
+                   dataset.inter_feat[dataset.iid_field].numpy())
+
+
 def data_fingerprint(train_dataset, valid_dataset=None):
     """What identifies the data a teacher was trained on: sizes, token maps, the splits."""
-    uid, iid = train_dataset.uid_field, train_dataset.iid_field
     fingerprint = {
         "n_users": int(train_dataset.user_num),
         "n_items": int(train_dataset.item_num),
-        "user_tokens": _tokens_digest(train_dataset.field2id_token[uid]),
-        "item_tokens": _tokens_digest(train_dataset.field2id_token[iid]),
-        "train_interactions": _digest(train_dataset.inter_feat[uid].numpy(),
-                                      train_dataset.inter_feat[iid].numpy()),
+        "user_tokens": _tokens_digest(train_dataset.field2id_token[train_dataset.uid_field]),
+        "item_tokens": _tokens_digest(train_dataset.field2id_token[train_dataset.iid_field]),
+        "train_interactions": interactions_digest(train_dataset),
     }
     if valid_dataset is not None:
-        fingerprint["valid_interactions"] = _digest(valid_dataset.inter_feat[uid].numpy(),
-                                                    valid_dataset.inter_feat[iid].numpy())
+        fingerprint["valid_interactions"] = interactions_digest(valid_dataset)
     return fingerprint
 
 
