@@ -192,3 +192,18 @@ def test_users_and_items_only_in_test_files_get_ids(tiny, workdir):
     config = dict(tiny, data_path=folder, benchmark_filename=["train", "valid", "test"])
     result = run_recbole("DERRD", config_dict=config, saved=False)
     assert 0 <= result["test_result"]["ndcg@10"] <= 1
+
+
+def test_run_script_resume_flag(tiny, workdir):
+    config_file = workdir / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(dict(tiny, epochs=2, state="INFO")))
+    base = [sys.executable, os.path.join(ROOT, "run_recbole_derrd.py"), "--model=DERRD", "--dataset=tiny",
+            "--config_files=%s" % config_file, "--side_by_side=False"]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    first = subprocess.run(base, cwd=str(workdir), env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = glob.glob(os.path.join(tiny["checkpoint_dir"], "DERRD-*-last.pth"))[0]
+    again = subprocess.run(base + ["--epochs=3", "--resume=%s" % last], cwd=str(workdir), env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Resume training from epoch 2" in again.stdout + again.stderr
