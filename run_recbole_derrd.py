@@ -16,14 +16,13 @@ Flags mirror RecBole's run_recbole.py; any ``--key=value`` is a RecBole config o
 """
 
 import argparse
-import os
 import sys
 
 import recbole_derrd  # noqa: F401  (registers DE, RRD, DERRD; must run at import: DDP workers)
-from recbole_derrd.config import properties_dir
+from recbole_derrd.config import protocol_file
 from recbole_derrd.registration import PLUGIN_MODELS
 
-DEFAULT_PROTOCOL = os.path.join("protocol", "loo_uni499.yaml")
+DEFAULT_PROTOCOL = "loo_uni499"
 
 
 def parse_args(argv):
@@ -32,7 +31,7 @@ def parse_args(argv):
     parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="name of datasets")
     parser.add_argument("--config_files", type=str, default=None,
                         help="config files, space separated (default: the paper's protocol, "
-                             "properties/%s)" % DEFAULT_PROTOCOL)
+                             "properties/protocol/%s.yaml)" % DEFAULT_PROTOCOL)
     parser.add_argument("--nproc", type=int, default=1, help="the number of process in this group")
     parser.add_argument("--ip", type=str, default="localhost", help="the ip of master node")
     parser.add_argument("--port", type=str, default="5678", help="the port of master node")
@@ -56,7 +55,7 @@ def main(argv=None):
     if args.config_files:
         config_file_list = args.config_files.strip().split(" ")
     else:
-        config_file_list = [os.path.join(properties_dir(), DEFAULT_PROTOCOL)]
+        config_file_list = [protocol_file(DEFAULT_PROTOCOL)]
     side_by_side = args.side_by_side.lower() not in ("false", "0", "no")
     distributed = args.nproc > 1 or args.world_size > 0
     if args.model in PLUGIN_MODELS and side_by_side and not distributed and args.seeds:

@@ -35,6 +35,15 @@ def properties_dir():
     )
 
 
+def protocol_file(name="loo_uni499"):
+    """Path of a shipped evaluation protocol (``loo_uni499``: the paper's; ``loo_full``)."""
+    path = os.path.join(properties_dir(), "protocol", name + ".yaml")
+    if not os.path.isfile(path):
+        available = sorted(f[:-5] for f in os.listdir(os.path.dirname(path)) if f.endswith(".yaml"))
+        raise ValueError("unknown protocol %r; shipped protocols: %s" % (name, ", ".join(available)))
+    return path
+
+
 def recbole_properties_dir():
     import recbole
 

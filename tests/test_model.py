@@ -219,3 +219,15 @@ def test_neumf_catalogue_scores_match_pairwise_scores(tiny):
                                       "item_id": items.reshape(-1)}).view(len(users), -1)
     torch.testing.assert_close(torch.sigmoid(full), pairwise)
     torch.testing.assert_close(pairwise, direct)
+
+
+def test_shipped_protocols(tiny):
+    path = recbole_derrd.protocol_file("loo_uni499")
+    config = Config(model="DERRD", config_file_list=[path], config_dict={k: v for k, v in tiny.items()
+                                                                         if k not in ("eval_args", "topk")})
+    assert config["eval_args"]["mode"] == {"valid": "uni499", "test": "uni499"}
+    assert config["eval_args"]["split"] == {"LS": "valid_and_test"} and config["topk"] == [5, 10, 20]
+    assert config["valid_metric"] == "NDCG@10"
+    assert recbole_derrd.protocol_file("loo_full").endswith("loo_full.yaml")
+    with pytest.raises(ValueError, match="unknown protocol 'paper'; shipped protocols: loo_full, loo_uni499"):
+        recbole_derrd.protocol_file("paper")
