@@ -22,7 +22,7 @@ from recbole.data.utils import get_dataloader
 from recbole.utils import dataset_arguments, get_trainer, init_seed
 
 from recbole_derrd.checkpoints import atomic_save
-from recbole_derrd.compat import CheckpointError, load_checkpoint
+from recbole_derrd.compat import CheckpointError, barrier, is_main_process, load_checkpoint
 from recbole_derrd.config import stock_model_yaml
 
 CACHE_FORMAT = 1
@@ -143,7 +143,11 @@ def verify_checkpoint(checkpoint, path, tconfig, fingerprint):
 
 
 def train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress=False):
-    """Train ``teacher`` with RecBole's Trainer on the student's split; save it to ``path``."""
+    """Train ``teacher`` with RecBole's Trainer on the student's split; save it to ``path``.
+
+    Under DDP every rank trains it together (RecBole's distributed Trainer); rank 0 writes the
+    best checkpoint and the others read it after a barrier.
+    """
     from recbole_derrd.trainer import safe_trainer_class
 
     logger = getLogger()
@@ -157,12 +161,14 @@ def train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress=
     trainer.saved_model_file = path + ".training"
     try:
         trainer.fit(loader, valid_data, saved=True, show_progress=show_progress)
+        barrier()
         best = load_checkpoint(trainer.saved_model_file, map_location=tconfig["device"])
+        barrier()
     finally:
         from recbole_derrd.trainer import last_checkpoint_path
 
         for leftover in (trainer.saved_model_file, last_checkpoint_path(trainer.saved_model_file)):
-            if os.path.exists(leftover):
+            if is_main_process() and os.path.exists(leftover):
                 os.remove(leftover)
     teacher.load_state_dict(best["state_dict"])
     return best
@@ -190,18 +196,23 @@ def prepare_teacher(model, train_data, valid_data, show_progress=False):
             logger.info("Teacher loaded from cache %s" % path)
         else:
             best = train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress)
-            atomic_save({
-                "config": tconfig,
-                "epoch": best["epoch"],
-                "cur_step": best["cur_step"],
-                "best_valid_score": best["best_valid_score"],
-                "state_dict": teacher.state_dict(),
-                "other_parameter": teacher.other_parameter(),
-                "derrd_teacher": description,
-            }, path, pickle_protocol=4)
-            with open(path + ".json", "w", encoding="utf-8") as handle:
-                json.dump(description, handle, indent=2, sort_keys=True)
+            if is_main_process():
+                _write_cache(path, tconfig, best, teacher, description)
             logger.info("Teacher saved to cache %s" % path)
     teacher.zero_grad(set_to_none=True)  # drop gradients left over from its own training
     teacher.eval().requires_grad_(False)
     return teacher
+
+
+def _write_cache(path, tconfig, best, teacher, description):
+    atomic_save({
+        "config": tconfig,
+        "epoch": best["epoch"],
+        "cur_step": best["cur_step"],
+        "best_valid_score": best["best_valid_score"],
+        "state_dict": teacher.state_dict(),
+        "other_parameter": teacher.other_parameter(),
+        "derrd_teacher": description,
+    }, path, pickle_protocol=4)
+    with open(path + ".json", "w", encoding="utf-8") as handle:
+        json.dump(description, handle, indent=2, sort_keys=True)

@@ -47,7 +47,12 @@ def restore_random_states(states, train_data=None):
 
 
 class SafeCheckpointMixin:
-    """Read RecBole checkpoints through the plugin's loader instead of a bare ``torch.load``."""
+    """Checkpoint handling for any RecBole ``Trainer``: safe loading, atomic saving, resuming.
+
+    Reads go through :func:`recbole_derrd.compat.load_checkpoint` instead of a bare
+    ``torch.load``; writes are atomic; after every evaluation a "last" checkpoint is written and
+    ``config['resume']`` continues from one (see the module docstring).
+    """
 
     def _load_into_model(self, checkpoint_file):
         checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
@@ -132,8 +137,12 @@ _SAFE_CLASSES = {}
 
 
 def safe_trainer_class(trainer_class):
-    """``trainer_class`` (any RecBole trainer) with :class:`SafeCheckpointMixin` applied."""
-    if issubclass(trainer_class, SafeCheckpointMixin):
+    """``trainer_class`` with :class:`SafeCheckpointMixin` applied.
+
+    Trainers outside RecBole's ``Trainer`` family (the decision-tree trainers, which save with
+    their libraries' own formats) are returned unchanged.
+    """
+    if issubclass(trainer_class, SafeCheckpointMixin) or not issubclass(trainer_class, Trainer):
         return trainer_class
     if trainer_class not in _SAFE_CLASSES:
         _SAFE_CLASSES[trainer_class] = type(

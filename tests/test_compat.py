@@ -134,3 +134,14 @@ def test_genuine_recbole_checkpoints_load_safely(tiny, model):
     checkpoint = compat.load_checkpoint(result["saved_model_file"])
     assert checkpoint["config"]["model"] == model
     assert checkpoint["state_dict"]
+
+
+def test_safe_trainer_class_covers_the_trainer_family_only():
+    from recbole.trainer import DecisionTreeTrainer, KGTrainer, Trainer
+
+    from recbole_derrd.trainer import SafeCheckpointMixin, safe_trainer_class
+
+    assert issubclass(safe_trainer_class(Trainer), SafeCheckpointMixin)
+    assert issubclass(safe_trainer_class(KGTrainer), KGTrainer)
+    assert safe_trainer_class(KGTrainer) is safe_trainer_class(KGTrainer)  # cached
+    assert safe_trainer_class(DecisionTreeTrainer) is DecisionTreeTrainer
