@@ -231,3 +231,18 @@ def test_shipped_protocols(tiny):
     assert recbole_derrd.protocol_file("loo_full").endswith("loo_full.yaml")
     with pytest.raises(ValueError, match="unknown protocol 'paper'; shipped protocols: loo_full, loo_uni499"):
         recbole_derrd.protocol_file("paper")
+
+
+def test_readme_documents_every_plugin_key():
+    import os
+
+    from recbole_derrd.config import plugin_defaults, read_yaml, recbole_properties_dir
+
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
+    stock = set(read_yaml(os.path.join(recbole_properties_dir(), "overall.yaml")))
+    keys = set()
+    for cls in recbole_derrd.PLUGIN_MODELS.values():
+        keys.update(plugin_defaults(cls))
+    for key in sorted(keys):
+        where = "`%s`" % key if key in stock else "| `%s` |" % key
+        assert where in readme, "README does not document %s" % key
