@@ -58,14 +58,12 @@ def main(argv=None):
         config_file_list = [protocol_file(DEFAULT_PROTOCOL)]
     side_by_side = args.side_by_side.lower() not in ("false", "0", "no")
     distributed = args.nproc > 1 or args.world_size > 0
-    if args.model in PLUGIN_MODELS and side_by_side and not distributed and args.seeds:
-        from recbole_derrd.quick_start import run_seeds
-
-        seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
-        return run_seeds(args.model, args.dataset, config_file_list, seeds)
     if args.model in PLUGIN_MODELS and side_by_side and not distributed:
-        from recbole_derrd.quick_start import run_side_by_side
+        from recbole_derrd.quick_start import run_seeds, run_side_by_side
 
+        if args.seeds:
+            seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+            return run_seeds(args.model, args.dataset, config_file_list, seeds)
         return run_side_by_side(args.model, args.dataset, config_file_list,
                                 export_dir=args.export_dir)
     if not distributed:

@@ -156,8 +156,6 @@ def run_side_by_side(model="DERRD", dataset=None, config_file_list=None, config_
             "exported": exported, "config": config, "test_split": interactions_digest(test_data._dataset)}
 
 
-
-
 def run_seeds(model="DERRD", dataset=None, config_file_list=None, seeds=(0, 1, 2),
               config_dict=None, saved=True, stream=None):
     """:func:`run_side_by_side` once per seed, then mean +- std over seeds.

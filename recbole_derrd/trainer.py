@@ -67,9 +67,13 @@ class SafeCheckpointMixin:
             self.logger.info("Loading model structure and parameters from {}".format(checkpoint_file))
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 
+    def _writes_checkpoints(self):
+        """Only rank 0 writes checkpoints (RecBole's rule under DDP)."""
+        return self.config["single_spec"] or self.config["local_rank"] == 0
+
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         """RecBole's checkpoint, written to a temporary file and renamed (never half-written)."""
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if not self._writes_checkpoints():
             return
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
         atomic_save(self._checkpoint_state(epoch), saved_model_file, pickle_protocol=4)
@@ -89,7 +93,7 @@ class SafeCheckpointMixin:
 
     def _save_last_checkpoint(self, epoch, train_data):
         """Everything needed to continue after ``epoch`` exactly as an uninterrupted run would."""
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if not self._writes_checkpoints():
             return
         state = self._checkpoint_state(epoch)
         state.update({"last": True, "best_valid_result": self.best_valid_result,

@@ -210,11 +210,12 @@ class DistilledRecommender(GeneralRecommender):
             parts.append(self.de_weight * scale * self.de_loss(interaction))
         if self.use_rrd:
             parts.append(self.rrd_weight * scale * self.rrd_loss(interaction))
-        for name, part in zip(self.loss_part_names, parts):
-            if not torch.isfinite(part):
-                raise FloatingPointError(
-                    "the %s loss became %s in epoch %d: training stopped; the last checkpoint "
-                    "written before it is kept" % (name, part.item(), self.epoch))
+        if not torch.isfinite(sum(parts)):  # one check per batch; name the part only on failure
+            name, part = next((n, p) for n, p in zip(self.loss_part_names, parts)
+                              if not torch.isfinite(p))
+            raise FloatingPointError(
+                "the %s loss became %s in epoch %d: training stopped; the last checkpoint "
+                "written before it is kept" % (name, part.item(), self.epoch))
         return tuple(parts)
 
     # ------------------------------------------------------------------ prediction
