@@ -15,7 +15,8 @@ around here, deliberately and narrowly:
   hard-codes NCCL, asserts one GPU id per process and calls ``cuda.set_device``, and the
   Trainer passes ``device_ids`` to DDP.  :func:`install_cpu_distributed` makes a process without
   a usable GPU join with the gloo backend on the CPU, one torch thread per rank; with CUDA,
-  RecBole's own NCCL path runs unchanged.
+  RecBole's own NCCL path runs unchanged.  RecBole's ``ensure_dir`` (check, then create) races
+  when several ranks create the same folder: :func:`install_race_free_ensure_dir` fixes it.
 """
 
 import os
@@ -218,6 +219,21 @@ def install_cpu_distributed():
     trainer_module.DistributedDataParallel = _distributed_data_parallel
 
 
+def _race_free_ensure_dir(dir_path):
+    os.makedirs(dir_path, exist_ok=True)  # noqa: F821  (runs with recbole.utils.utils' globals)
+
+
+def install_race_free_ensure_dir():
+    """Make RecBole's ``ensure_dir`` safe when two ranks create the same folder at once.
+
+    Its body is replaced in place, so every module that imported the function by name (the
+    trainer, the logger, the data utilities) gets the fix; its globals already hold ``os``.
+    """
+    from recbole.utils import utils
+
+    utils.ensure_dir.__code__ = _race_free_ensure_dir.__code__
+
+
 def is_main_process():
     import torch.distributed as dist
 
@@ -237,3 +253,4 @@ def apply():
     install_scipy_dok_update()
     silence_pandas_inplace_warning()
     install_cpu_distributed()
+    install_race_free_ensure_dir()

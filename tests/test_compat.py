@@ -145,3 +145,18 @@ def test_safe_trainer_class_covers_the_trainer_family_only():
     assert issubclass(safe_trainer_class(KGTrainer), KGTrainer)
     assert safe_trainer_class(KGTrainer) is safe_trainer_class(KGTrainer)  # cached
     assert safe_trainer_class(DecisionTreeTrainer) is DecisionTreeTrainer
+
+
+def test_recbole_ensure_dir_tolerates_a_concurrent_creator(tmp_path, monkeypatch):
+    """Two DDP ranks: both see the folder missing, the second makedirs must not fail."""
+    import os
+
+    from recbole.trainer import trainer as trainer_module
+    from recbole.utils import ensure_dir
+
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    monkeypatch.setattr(os.path, "exists", lambda path: False)  # the other rank was first
+    ensure_dir(str(folder))
+    trainer_module.ensure_dir(str(folder / "nested"))  # the name the Trainer imported
+    assert (folder / "nested").is_dir()
