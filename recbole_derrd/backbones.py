@@ -9,6 +9,18 @@ adding a backbone means adding one small class to :data:`ADAPTERS`.
 import torch
 
 
+def gathered_dot(user_table, item_table, users, items):
+    """[U] users, [U, X] items -> [U, X] dot products of their rows in the two tables.
+
+    ``index_select`` + multiply-sum instead of ``nn.Embedding`` + ``bmm``: on CPU the
+    embedding's backward sorts every index and a batch of [X, d] @ [d, 1] products is slow;
+    this form is several times faster for RRD's [users, K + L] score lists.
+    """
+    user_e = user_table.index_select(0, users)  # [U, d]
+    item_e = item_table.index_select(0, items.reshape(-1)).view(*items.shape, -1)  # [U, X, d]
+    return (item_e * user_e.unsqueeze(1)).sum(-1)
+
+
 class BackboneAdapter:
     """Interface over a RecBole general recommender used as teacher or student."""
 
@@ -66,9 +78,8 @@ class MFAdapter(BackboneAdapter):
         return self.model.item_embedding(items)
 
     def score(self, users, items):
-        user_e = self.model.user_embedding(users)  # [U, d]
-        item_e = self.model.item_embedding(items)  # [U, X, d]
-        return torch.bmm(item_e, user_e.unsqueeze(-1)).squeeze(-1)
+        return gathered_dot(self.model.user_embedding.weight, self.model.item_embedding.weight,
+                            users, items)
 
     def all_scores(self, users):
         return self.model.user_embedding(users) @ self.model.item_embedding.weight.t()
@@ -103,7 +114,7 @@ class LightGCNAdapter(MFAdapter):
 
     def score(self, users, items):
         user_all, item_all = self._propagated()
-        return torch.bmm(item_all[items], user_all[users].unsqueeze(-1)).squeeze(-1)
+        return gathered_dot(user_all, item_all, users, items)
 
     def all_scores(self, users):
         user_all, item_all = self._propagated()

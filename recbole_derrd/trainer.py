@@ -154,8 +154,31 @@ def safe_trainer_class(trainer_class):
     return _SAFE_CLASSES[trainer_class]
 
 
+def fused_adam(optimizer):
+    """The same Adam/AdamW with torch's fused kernel, else ``optimizer`` unchanged.
+
+    Same update rule (equal up to float rounding); one kernel per step instead of a chain of
+    foreach ops: ~6x faster on CPU for DE's ~1.4M expert parameters (benchmarks/RESULTS.md).
+    """
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
+        return optimizer
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not params or any(p.device.type not in ("cpu", "cuda") or not p.is_floating_point()
+                         for p in params):
+        return optimizer
+    groups = [{key: value for key, value in group.items() if key not in ("foreach", "fused")}
+              for group in optimizer.param_groups]
+    defaults = {key: value for key, value in optimizer.defaults.items()
+                if key not in ("foreach", "fused", "differentiable")}
+    return type(optimizer)(groups, **defaults, fused=True)
+
+
 class DistillationTrainer(SafeCheckpointMixin, Trainer):
     """Trainer of the plugin models DE, RRD and DERRD (registered as ``<Model>Trainer``)."""
+
+    def _build_optimizer(self, **kwargs):
+        optimizer = super()._build_optimizer(**kwargs)
+        return fused_adam(optimizer) if self.config["fused_adam"] else optimizer
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):

@@ -96,3 +96,75 @@ def test_initialisation_like_linear():
     experts = DistillationExperts(20, 200, num_experts=30)
     assert experts.w1.abs().max() <= 1 / math.sqrt(20)
     assert experts.w2.abs().max() <= 1 / math.sqrt(110)
+
+
+def test_dense_backward_pass_gradcheck():
+    """The hand-written backward pass against finite differences (float64)."""
+    from recbole_derrd.distillation.experts import _DenseMixture, _ScratchPool
+
+    torch.manual_seed(0)
+    experts = DistillationExperts(3, 5, num_experts=4).double()
+    params = [p.detach().clone().requires_grad_() for p in (experts.w1, experts.b1, experts.w2, experts.b2)]
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    weights = torch.softmax(torch.randn(6, 4, dtype=torch.float64), -1).requires_grad_()
+    pool = _ScratchPool()
+    assert torch.autograd.gradcheck(lambda *a: _DenseMixture.apply(*a, pool), (x, weights, *params))
+
+
+def low_tau_case(threshold, seed=0):
+    torch.manual_seed(seed)
+    experts = DistillationExperts(20, 200, num_experts=30, weight_threshold=threshold).double()
+    student = torch.randn(64, 20, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(64, 200, dtype=torch.float64)
+    return experts, student, teacher
+
+
+@pytest.mark.parametrize("tau", [1e-2, 1e-4])
+def test_sparse_path_agrees_with_exact_dense_loss_and_gradients(tau):
+    """Skipping weights < 1e-6 (sparse) vs every weight (dense, threshold 0), same noise."""
+    results = []
+    for threshold, path in ((0.0, "dense"), (1e-6, "sparse"), (1e-6, "dense")):
+        experts, student, teacher = low_tau_case(threshold)
+        torch.manual_seed(5)
+        weights = experts.selection_weights(teacher, tau)
+        loss = (teacher - experts.mix(student, weights, path=path)).pow(2).sum()
+        loss.backward()
+        grads = [student.grad] + [p.grad for p in experts.parameters()]
+        results.append((loss.detach(), grads, int(torch.count_nonzero(weights))))
+    (exact, exact_grads, n_exact), (sparse, sparse_grads, n_sparse), (dense, dense_grads, _) = results
+    assert n_sparse < 64 * 30 * 0.25 < n_exact or n_exact <= 64 * 30 * 0.25  # few experts carry weight
+    torch.testing.assert_close(sparse, exact, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(sparse, dense, rtol=1e-12, atol=1e-10)
+    for a, b, c in zip(sparse_grads, exact_grads, dense_grads):
+        # dropped weights (< 1e-6 each) shift a gradient by far less than 1e-4 of its scale
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max() + 1e-12
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-10)
+
+
+def test_auto_path_goes_sparse_only_when_selection_is_sharp():
+    experts = DistillationExperts(20, 200, num_experts=30)
+    teacher = torch.randn(256, 200)
+    torch.manual_seed(0)
+    sharp = experts.selection_weights(teacher, 1e-3)
+    soft = experts.selection_weights(teacher, 1.0)
+    assert torch.count_nonzero(sharp) <= 0.25 * sharp.numel() < torch.count_nonzero(soft)
+    assert torch.all(sharp[sharp > 0] >= 1e-6)  # nothing under the threshold, so no denormals
+
+
+@pytest.mark.parametrize("layout", ["balanced", "skewed", "one expert"])
+def test_sparse_tiles_match_definition_for_any_expert_load(layout):
+    """Balanced loads use the weights in place, skewed ones gather per tile: same values."""
+    torch.manual_seed(0)
+    experts = DistillationExperts(6, 10, num_experts=5).double()
+    n = 40
+    if layout == "balanced":
+        chosen = torch.arange(n) % 5
+    elif layout == "skewed":
+        chosen = torch.where(torch.arange(n) < 32, 2, torch.arange(n) % 5)
+    else:
+        chosen = torch.full((n,), 4)
+    weights = torch.zeros(n, 5, dtype=torch.float64)
+    weights[torch.arange(n), chosen] = torch.rand(n, dtype=torch.float64) + 0.5
+    weights[0, (chosen[0] + 1) % 5] = 0.25  # a row with two experts
+    x = torch.randn(n, 6, dtype=torch.float64)
+    torch.testing.assert_close(experts.mix(x, weights, path="sparse"), explicit_experts(experts, x, weights))

@@ -135,14 +135,18 @@ def test_loss_balance_matches_official_sums(tiny):
     assert rrd.item() == pytest.approx(0.001 * net.rrd_loss(batch).item(), rel=1e-5)
 
 
-def test_de_uses_unique_users_and_items(tiny):
+def test_de_uses_unique_users_and_items(tiny, monkeypatch):
+    from recbole_derrd.distillation import experts as experts_module
+
     config, net, train, _, _ = build("DE", tiny)
     batch = next(iter(train))
-    torch.manual_seed(0)
+    # noise-free selection, so the one merged item call and the definition's two calls match
+    plain = experts_module.gumbel_softmax
+    monkeypatch.setattr(experts_module, "gumbel_softmax",
+                        lambda alpha, tau: plain(alpha, tau, torch.zeros_like(alpha)))
     loss = net.de_loss(batch)
     users = torch.unique(batch["user_id"])
     pos, neg = torch.unique(batch["item_id"]), torch.unique(batch["neg_item_id"])
-    torch.manual_seed(0)
     s, t = net.student, net.teacher
     expected = net.user_experts.loss(s.user_embedding(users), t.user_embedding(users), net.tau)
     expected = expected + 0.5 * net.item_experts.loss(s.item_embedding(pos), t.item_embedding(pos), net.tau)
@@ -246,3 +250,33 @@ def test_readme_documents_every_plugin_key():
     for key in sorted(keys):
         where = "`%s`" % key if key in stock else "| `%s` |" % key
         assert where in readme, "README does not document %s" % key
+
+
+def test_fused_adam_same_update_rule_and_used_by_the_trainer(tiny):
+    from recbole_derrd.trainer import fused_adam
+
+    torch.manual_seed(0)
+    start = [torch.randn(7, 3), torch.randn(5)]
+    results = []
+    for make in (lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-3),
+                 lambda ps: fused_adam(torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-3))):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        optimizer = make(params)
+        for step in range(5):
+            optimizer.zero_grad()
+            sum((p * (step + 1.0)).pow(2).sum() for p in params).backward()
+            optimizer.step()
+        results.append(params)
+    assert results[1] is not None
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    assert fused_adam(sgd) is sgd
+
+    config, net, train, valid, _ = build("DERRD", tiny, prepare=False)
+    trainer = get_trainer(config["MODEL_TYPE"], "DERRD")(config, net)
+    assert trainer.optimizer.defaults["fused"] is True
+    assert {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} == {id(p) for p in net.parameters()}
+    config_off = Config(model="DERRD", config_dict=dict(tiny, fused_adam=False))
+    trainer_off = get_trainer(config_off["MODEL_TYPE"], "DERRD")(config_off, net)
+    assert not trainer_off.optimizer.defaults.get("fused")

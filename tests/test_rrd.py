@@ -42,6 +42,33 @@ def test_loss_finite_for_extreme_scores(scale):
     assert torch.isfinite(s.grad).all() and torch.isfinite(u.grad).all()
 
 
+def test_fast_path_matches_logspace_path_in_value_and_gradient():
+    from recbole_derrd.distillation.rrd import _relaxed_ranking_loss_logspace
+
+    gen = torch.Generator().manual_seed(1)
+    values = []
+    for fn in (relaxed_ranking_loss, _relaxed_ranking_loss_logspace):
+        s = (3 * torch.randn(50, 8, generator=gen.manual_seed(1))).requires_grad_()
+        u = (3 * torch.randn(50, 5, generator=gen.manual_seed(2))).requires_grad_()
+        loss = fn(s, u)
+        loss.backward()
+        values.append((loss.item(), s.grad, u.grad))
+    assert values[0][0] == pytest.approx(values[1][0], rel=1e-5)
+    assert torch.allclose(values[0][1], values[1][1], atol=1e-5)
+    assert torch.allclose(values[0][2], values[1][2], atol=1e-5)
+
+
+def test_spread_beyond_float64_range_takes_logspace_path():
+    # the row maximum comes first and everything after it is ~2e4 below: exp underflows.
+    s = torch.tensor([[1e4, -1e4, -1e4]], requires_grad=True)
+    u = torch.tensor([[-1e4]], requires_grad=True)
+    loss = relaxed_ranking_loss(s, u)
+    loss.backward()
+    # positions 2 and 3 see {-1e4, -1e4, -1e4}/{-1e4, -1e4}: -log(1/3) - log(1/2); position 1 ~ 0.
+    assert loss.item() == pytest.approx(np.log(3) + np.log(2), abs=1e-3)  # float32 at 1e4: ulp 1e-3
+    assert torch.isfinite(s.grad).all() and torch.isfinite(u.grad).all()
+
+
 def test_loss_prefers_teacher_order():
     u = torch.tensor([[-1.0, -1.0]])
     assert relaxed_ranking_loss(torch.tensor([[3.0, 2.0, 1.0]]), u) < \
@@ -103,6 +130,16 @@ def test_sampler_lists_are_valid():
             assert not set(uninteresting[user]) & (train_items | set(top[user]) | {0})
 
 
+def test_complement_fallback_gives_valid_lists():
+    """Rows that rejection sampling could not fill are drawn from the explicit complement."""
+    sampler, top, train = make_sampler(l=40)
+    sampler.MAX_REJECTION_ROUNDS = 0  # every row takes the fallback path
+    _, uninteresting = sampler.sample(0)
+    for user in range(30):
+        allowed = set(range(1, 200)) - set(train[user].indices) - set(top[user])
+        assert len(set(uninteresting[user])) == 40 and set(uninteresting[user]) <= allowed
+
+
 def test_sampler_is_deterministic_per_epoch():
     sampler, _, _ = make_sampler()
     a = sampler.sample(4)
@@ -125,7 +162,7 @@ def test_inclusion_frequencies_match_sampling_without_replacement():
     top = np.tile(np.arange(1, n + 1), (draws, 1))  # every "user" has the same top-N
     train = sp.csr_matrix((draws, n + 60), dtype=np.float32)
     sampler = RRDSampler(top, train, k, 1, temperature=temperature, seed=11)
-    positions = sampler.interesting_positions(np.random.default_rng(5))
+    positions = sampler.interesting_positions(np.random.default_rng(5)).numpy()
     observed = np.bincount(positions.ravel(), minlength=n)
 
     p = np.exp(-np.arange(1, n + 1) / temperature)

@@ -4,10 +4,19 @@ M small MLP experts map a student representation into the teacher's space; a sel
 network that sees the *teacher's* representation picks one expert per row with a
 Gumbel-softmax whose temperature is annealed towards 0 (so the choice becomes hard).
 
-All M experts are evaluated as two dense matrix products instead of M small ones: the first
-layers are concatenated into one ``[d_s, M*h]`` weight, and the selection-weighted second
-layers collapse into one ``[n, M*h] @ [M*h, d_t]`` product, which never materialises the
-``[n, M, d_t]`` tensor of all expert outputs.
+Two evaluation paths, chosen per call, with the same result:
+
+* dense (early training, every expert carries weight): all M experts as two large matrix
+  products in an expert-major ``[M*h, n]`` layout (the fast GEMM shape for a 20-wide input),
+  the selection weights folded in before the second product, so the ``[n, M, d_t]`` tensor of
+  all expert outputs never exists; a hand-written backward saves autograd's extra passes.
+* sparse (once the Gumbel-softmax has sharpened): weights below ``weight_threshold`` (1e-6 by
+  default) are dropped and only the (row, expert) pairs that remain are evaluated, grouped by
+  expert into padded tiles run as batched products. At low tau that is about one expert per
+  row, i.e. ~1/M of the dense arithmetic.
+
+Dropping weights under the threshold also removes, at their source, the denormal floats that
+a softmax at tiny temperature produces (they made every later epoch slower, see benchmarks).
 """
 
 import math
@@ -42,16 +51,131 @@ def expert_hidden_size(student_dim, teacher_dim):
     return (student_dim + teacher_dim) // 2
 
 
-class DistillationExperts(nn.Module):
-    """M experts d_s -> h -> d_t (ReLU) plus a selection network Linear(d_t -> M) + softmax."""
+#: a call is evaluated sparsely when at most this fraction of its (row, expert) weights remain.
+SPARSE_MAX_ACTIVE_FRACTION = 0.25
 
-    def __init__(self, student_dim, teacher_dim, num_experts=30):
+
+class _ScratchPool:
+    """Reuses the large [M*h, n] scratch tensors of the dense path from one step to the next.
+
+    A freshly allocated multi-MB tensor costs page faults on first touch (about 3 ms per 12 MB
+    on the 2-core benchmark machine: as much as the arithmetic on it), so buffers are handed
+    back and reused.  Tensors saved for a backward pass come back only when autograd frees
+    that graph (see :class:`_Lease`), so a retained graph is never overwritten.  Never pickled
+    or deep-copied with the module.
+    """
+
+    KEEP = 6
+
+    def __init__(self):
+        self._free = []
+
+    def take(self, shape, like):
+        numel = math.prod(shape)
+        for i, buf in enumerate(self._free):
+            if buf.numel() >= numel and buf.dtype == like.dtype and buf.device == like.device:
+                return self._free.pop(i)[:numel].view(shape)
+        return like.new_empty(shape)
+
+    def give(self, *tensors):
+        for tensor in tensors:
+            base = tensor if tensor._base is None else tensor._base
+            self._free.append(base.view(-1))
+        self._free.sort(key=lambda buf: -buf.numel())
+        del self._free[self.KEEP:]
+
+    def __deepcopy__(self, memo):
+        return _ScratchPool()
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self._free = []
+
+
+class _Lease:
+    """Gives its tensors back to the pool when garbage-collected (with the autograd graph)."""
+
+    def __init__(self, pool, *tensors):
+        self.pool, self.tensors = pool, tensors
+
+    def __del__(self):
+        self.pool.give(*self.tensors)
+
+
+class _DenseMixture(torch.autograd.Function):
+    """sum_m w[:, m] * (relu(x W1_m + b1_m) W2_m + b2_m) for all M experts at once.
+
+    Expert-major layout: hidden is [M*h, n] = [W1; b1]^T [x, 1]^T, several times faster than
+    x W1 for a narrow x, with the bias inside the product.  The hand-written backward reuses
+    scratch buffers and makes fewer passes over [M*h, n] than autograd would.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weights, w1, b1, w2, b2, pool):
+        n, m = weights.shape
+        mh = w2.shape[0]
+        x_aug = torch.cat([x, x.new_ones(n, 1)], 1)
+        w1_aug = torch.cat([w1, b1.unsqueeze(0)], 0)
+        hidden = torch.mm(w1_aug.t(), x_aug.t(), out=pool.take((mh, n), x)).clamp_min_(0)
+        mixed = pool.take((mh, n), x)
+        torch.mul(hidden.view(m, -1, n), weights.t().unsqueeze(1), out=mixed.view(m, -1, n))
+        out = torch.addmm(weights @ b2, mixed.t(), w2)
+        ctx.save_for_backward(x_aug, weights, w1, w2, b2)
+        ctx.pool, ctx.hidden, ctx.mixed = pool, hidden, mixed
+        ctx.lease = _Lease(pool, hidden, mixed)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x_aug, weights, w1, w2, b2 = ctx.saved_tensors
+        pool, hidden, mixed = ctx.pool, ctx.hidden, ctx.mixed
+        n, m = weights.shape
+        mh = w2.shape[0]
+        grad_w2 = mixed @ grad_out
+        grad_b2 = weights.t() @ grad_out
+        grad_mixed = torch.mm(w2, grad_out.t(), out=pool.take((mh, n), grad_out))
+        product = torch.mul(grad_mixed, hidden, out=pool.take((mh, n), grad_out))
+        grad_weights = product.view(m, -1, n).sum(1).t() + grad_out @ b2.t()
+        grad_mixed.view(m, -1, n).mul_(weights.t().unsqueeze(1))
+        grad_pre = torch.ops.aten.threshold_backward.grad_input(grad_mixed, hidden, 0, grad_input=product)
+        grad_w1_aug = (grad_pre @ x_aug).t()
+        grad_x = (w1 @ grad_pre).t() if ctx.needs_input_grad[0] else None
+        pool.give(grad_mixed, product)
+        return grad_x, grad_weights, grad_w1_aug[:-1], grad_w1_aug[-1], grad_w2, grad_b2, None
+
+
+def _tile_rows(counts):
+    """Rows per tile for the sparse path: the candidate size with the least padded work.
+
+    Rows come sorted by expert; each expert's rows are cut into tiles of C rows, padded, and
+    all tiles run as one batched product, so the padded work is (number of tiles) x C.
+    """
+    active = [c for c in counts if c]
+    total, n_active = sum(active), len(active)
+    candidates = {max(active)} | {math.ceil(f * total / n_active) for f in (1.0, 1.25, 1.5, 2.0)}
+    return min(sorted(candidates), key=lambda c: sum(math.ceil(n / c) for n in active) * c)
+
+
+class DistillationExperts(nn.Module):
+    """M experts d_s -> h -> d_t (ReLU) plus a selection network Linear(d_t -> M) + softmax.
+
+    ``weight_threshold``: selection weights below it count as zero (0 keeps every weight that
+    is not exactly zero: exact, but denormal weights then reach the dense path at small tau).
+    """
+
+    def __init__(self, student_dim, teacher_dim, num_experts=30, weight_threshold=1e-6):
         super().__init__()
         if num_experts < 1:
             raise ValueError("num_experts must be >= 1, got %r" % num_experts)
+        if not 0 <= weight_threshold < 1:
+            raise ValueError("weight_threshold must be in [0, 1), got %r" % weight_threshold)
         self.student_dim = student_dim
         self.teacher_dim = teacher_dim
         self.num_experts = num_experts
+        self.weight_threshold = weight_threshold
         self.hidden = expert_hidden_size(student_dim, teacher_dim)
         m, h = num_experts, self.hidden
         # Each expert is initialised like torch's nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -60,6 +184,7 @@ class DistillationExperts(nn.Module):
         self.w2 = nn.Parameter(self._uniform((m * h, teacher_dim), h))
         self.b2 = nn.Parameter(self._uniform((m, teacher_dim), h))
         self.selection = nn.Linear(teacher_dim, m) if m > 1 else None
+        self._scratch = _ScratchPool()
 
     @staticmethod
     def _uniform(shape, fan_in):
@@ -71,19 +196,80 @@ class DistillationExperts(nn.Module):
         if self.selection is None:
             return teacher_repr.new_ones(teacher_repr.shape[0], 1)
         alpha = F.softmax(self.selection(teacher_repr), dim=-1)
-        return gumbel_softmax(alpha, tau)
+        weights = gumbel_softmax(alpha, tau)
+        if self.weight_threshold > 0:
+            weights = weights.masked_fill(weights < self.weight_threshold, 0)
+        return weights
 
-    def mix(self, student_repr, weights):
-        """sum_m weights[:, m] * E_m(student_repr) -> [n, d_t]."""
-        n = student_repr.shape[0]
-        hidden = F.relu(student_repr @ self.w1 + self.b1)  # [n, M*h]
-        weighted = (hidden.view(n, self.num_experts, self.hidden) * weights.unsqueeze(-1))
-        return weighted.view(n, -1) @ self.w2 + weights @ self.b2
+    def mix(self, student_repr, weights, path="auto"):
+        """sum_m weights[:, m] * E_m(student_repr) -> [n, d_t].
+
+        ``path``: "dense", "sparse" (only the non-zero weights), or "auto" (sparse when at
+        most :data:`SPARSE_MAX_ACTIVE_FRACTION` of the weights are non-zero).
+        """
+        if path == "auto":
+            active = int(torch.count_nonzero(weights))
+            path = "sparse" if active <= SPARSE_MAX_ACTIVE_FRACTION * weights.numel() else "dense"
+        if path == "dense":
+            return _DenseMixture.apply(student_repr, weights, self.w1, self.b1, self.w2, self.b2,
+                                       self._scratch)
+        if path != "sparse":
+            raise ValueError("path must be 'auto', 'dense' or 'sparse', got %r" % (path,))
+        rows, experts = torch.nonzero(weights, as_tuple=True)
+        order = torch.argsort(experts, stable=True)
+        rows, experts = rows[order], experts[order]
+        outputs = self._grouped(student_repr.index_select(0, rows),
+                                torch.bincount(experts, minlength=self.num_experts).tolist())
+        outputs = outputs * weights[rows, experts].unsqueeze(1)
+        mixed = student_repr.new_zeros(student_repr.shape[0], self.teacher_dim)
+        return mixed.index_add(0, rows, outputs)
+
+    def _grouped(self, x, counts):
+        """Row r of ``x`` (sorted by expert, ``counts`` rows per expert) through its expert only.
+
+        The rows are cut into padded tiles of one expert each and evaluated by two batched
+        products.  When every expert fits one tile without much padding, the weights are used
+        in place; otherwise each tile gathers its expert's weights.
+        """
+        m, h, d_s, d_t = self.num_experts, self.hidden, self.student_dim, self.teacher_dim
+        size = _tile_rows(counts)
+        if m * max(counts) <= 2 * len(x):  # balanced: one tile per expert, weights in place
+            size = max(counts)
+            tile_expert = None
+            starts = torch.tensor([0] + counts[:-1]).cumsum(0)
+            lengths = torch.tensor(counts)
+        else:
+            tile_expert, starts, lengths, offset = [], [], [], 0
+            for expert, count in enumerate(counts):
+                for first in range(0, count, size):
+                    tile_expert.append(expert)
+                    starts.append(offset + first)
+                    lengths.append(min(size, count - first))
+                offset += count
+            tile_expert, starts, lengths = (torch.tensor(v, device=x.device)
+                                            for v in (tile_expert, starts, lengths))
+        starts, lengths = starts.to(x.device), lengths.to(x.device)
+        within = torch.arange(size, device=x.device)
+        valid = within.unsqueeze(0) < lengths.unsqueeze(1)  # [tiles, size]
+        index = torch.where(valid, starts.unsqueeze(1) + within, len(x))  # padding -> zero row
+        padded = torch.cat([x, x.new_zeros(1, d_s)]).index_select(0, index.view(-1))
+        w1 = self.w1.view(d_s, m, h).transpose(0, 1)  # [M, d_s, h]
+        b1, w2 = self.b1.view(m, h), self.w2.view(m, h, d_t)
+        b2 = self.b2
+        if tile_expert is not None:
+            w1, b1, w2, b2 = (t.index_select(0, tile_expert) for t in (w1, b1, w2, b2))
+        hidden = torch.baddbmm(b1.unsqueeze(1), padded.view(len(valid), size, d_s), w1).relu_()
+        out = torch.baddbmm(b2.unsqueeze(1), hidden, w2)  # [tiles, size, d_t]
+        return out.view(-1, d_t)[valid.view(-1)]
 
     def forward(self, student_repr, teacher_repr, tau):
         return self.mix(student_repr, self.selection_weights(teacher_repr, tau))
 
-    def loss(self, student_repr, teacher_repr, tau):
-        """Squared L2 distance to the teacher representation, summed over rows."""
+    def loss(self, student_repr, teacher_repr, tau, row_weights=None):
+        """Squared L2 distance to the teacher representation, summed over rows.
+
+        ``row_weights`` ([n], optional) scales each row's distance (DE's 0.5 for items).
+        """
         teacher_repr = teacher_repr.detach()
-        return (teacher_repr - self(student_repr, teacher_repr, tau)).pow(2).sum()
+        distance = (teacher_repr - self(student_repr, teacher_repr, tau)).pow(2).sum(-1)
+        return distance.sum() if row_weights is None else (distance * row_weights).sum()

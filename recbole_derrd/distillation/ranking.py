@@ -55,40 +55,43 @@ def teacher_top_n(score_fn, train_matrix, n, device="cpu", chunk_elements=SCORE_
 
 
 def _row_duplicates(values):
-    """Boolean mask of entries equal to an earlier-sorted entry of the same row."""
-    order = np.argsort(values, axis=1, kind="stable")
-    ordered = np.take_along_axis(values, order, axis=1)
-    dup_sorted = np.zeros(values.shape, dtype=bool)
+    """Boolean mask of entries equal to an earlier-sorted entry of the same row ([R, L] tensor)."""
+    ordered, order = torch.sort(values, dim=1, stable=True)
+    dup_sorted = torch.zeros_like(values, dtype=torch.bool)
     dup_sorted[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
-    dup = np.zeros(values.shape, dtype=bool)
-    np.put_along_axis(dup, order, dup_sorted, axis=1)
-    return dup
+    return torch.zeros_like(dup_sorted).scatter_(1, order, dup_sorted)
 
 
 def _in_sorted(keys, sorted_keys):
-    if sorted_keys.size == 0:
-        return np.zeros(keys.shape, dtype=bool)
-    idx = np.searchsorted(sorted_keys, keys)
-    idx[idx == sorted_keys.size] = 0
-    return sorted_keys[idx] == keys
+    """Membership of ``keys`` in ``sorted_keys`` (1-D, or one sorted row per row of keys)."""
+    if sorted_keys.shape[-1] == 0:
+        return torch.zeros(keys.shape, dtype=torch.bool)
+    idx = torch.searchsorted(sorted_keys, keys).clamp_(max=sorted_keys.shape[-1] - 1)
+    found = sorted_keys[idx] if sorted_keys.dim() == 1 else torch.gather(sorted_keys, 1, idx)
+    return found == keys
 
 
 class RRDSampler:
     """Per-epoch interesting/uninteresting item lists for every user.
 
     Draws depend only on ``(seed, epoch)``, so a resumed run redraws exactly the lists an
-    uninterrupted one would have used, and the global RNGs are left untouched.
+    uninterrupted one would have used, and the global RNGs are left untouched.  Everything is
+    vectorised over users (no Python loop per user); users are processed in blocks of
+    ``USER_BLOCK`` so the temporary [users, N] keys stay bounded on large catalogues.
     """
 
     MAX_REJECTION_ROUNDS = 50
+    USER_BLOCK = 1 << 16
 
     def __init__(self, top_n, train_matrix, num_interesting=40, num_uninteresting=40,
                  temperature=10.0, mode="sample", seed=0):
         if mode not in ("sample", "top"):
             raise ValueError("rrd_sampling=%r must be 'sample' or 'top'" % (mode,))
-        self.top_n = np.ascontiguousarray(top_n, dtype=np.int64)
-        self.n_users, self.n = self.top_n.shape
         self.n_items = train_matrix.shape[1]
+        # item ids fit int32 for any catalogue RecBole can hold; halves the [users, N] tables.
+        id_type = np.int32 if self.n_items < 2 ** 31 else np.int64
+        self.top_n = torch.from_numpy(np.ascontiguousarray(top_n, dtype=id_type))
+        self.n_users, self.n = self.top_n.shape
         self.k = num_interesting
         self.l = num_uninteresting
         self.mode = mode
@@ -102,54 +105,70 @@ class RRDSampler:
         train_matrix = train_matrix.tocsr()
         train_matrix.sort_indices()
         check_room(np.diff(train_matrix.indptr), self.n_items, self.n + self.l,
-                    "rrd_top_n + rrd_l = %d" % (self.n + self.l))
-        # log p(rank) up to a constant, rank = 1..N
-        self.log_p = -np.arange(1, self.n + 1, dtype=np.float64) / temperature
-        # Sorted keys user * n_items + item of everything an uninteresting item may not be.
+                   "rrd_top_n + rrd_l = %d" % (self.n + self.l))
+        # -log p(rank) up to a constant, rank = 1..N
+        self.neg_log_p = np.arange(1, self.n + 1, dtype=np.float32) / np.float32(temperature)
+        # Training positives as compact CSR (indptr + sorted int32 item ids); membership of
+        # (user, item) is one searchsorted on the row-major keys user * n_items + item.
         user_of = np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(train_matrix.indptr))
-        self._train_keys = user_of * self.n_items + train_matrix.indices.astype(np.int64)
-        self._top_keys = (np.arange(self.n_users, dtype=np.int64)[:, None] * self.n_items
-                          + np.sort(self.top_n, axis=1)).ravel()
+        self._train_keys = torch.from_numpy(user_of * self.n_items + train_matrix.indices.astype(np.int64))
+        self._top_sorted = torch.sort(self.top_n, dim=1).values
 
-    def interesting_positions(self, rng):
-        """[n_users, K] positions (0-based ranks) into the top-N, ascending (teacher order)."""
+    def interesting_positions(self, rng, users=None):
+        """[users, K] positions (0-based ranks) into the top-N, ascending (teacher order)."""
+        n_rows = self.n_users if users is None else len(users)
         if self.mode == "top":
-            return np.broadcast_to(np.arange(self.k), (self.n_users, self.k)).copy()
-        # Gumbel-top-k: the K largest of log p + Gumbel noise are a draw of K without
-        # replacement with probabilities proportional to p (successive sampling).
-        keys = self.log_p + rng.gumbel(size=(self.n_users, self.n))
-        if self.k < self.n:
-            positions = np.argpartition(-keys, self.k - 1, axis=1)[:, : self.k]
-        else:
-            positions = np.broadcast_to(np.arange(self.n), keys.shape).copy()
-        positions.sort(axis=1)
-        return positions
+            return torch.arange(self.k).expand(n_rows, self.k).clone()
+        # Exponential race: with E_i ~ Exp(1), the K smallest E_i / p_i (here log E_i - log p_i)
+        # are a draw of K without replacement with probabilities proportional to p, the same
+        # law as Gumbel-top-k and successive sampling.
+        keys = np.log(np.maximum(rng.standard_exponential(size=(n_rows, self.n), dtype=np.float32),
+                                 np.finfo(np.float32).tiny))
+        keys += self.neg_log_p
+        if self.k == self.n:
+            return torch.arange(self.n).expand(n_rows, self.n).clone()
+        positions = torch.topk(torch.from_numpy(keys), self.k, dim=1, largest=False, sorted=False).indices
+        return torch.sort(positions, dim=1).values
 
-    def uninteresting_items(self, rng):
-        """[n_users, L] distinct items, each outside the user's top-N and training items."""
-        users = np.arange(self.n_users, dtype=np.int64)[:, None]
-        items = rng.integers(1, self.n_items, size=(self.n_users, self.l))
+    def _forbidden(self, users, items):
+        """Items that are padding, a training item or in the top-N of their row's user."""
+        keys = users.unsqueeze(1) * self.n_items + items
+        in_top = _in_sorted(items.to(self._top_sorted.dtype), self._top_sorted[users])
+        return in_top | _in_sorted(keys, self._train_keys) | (items == 0)
+
+    def uninteresting_items(self, rng, users=None):
+        """[users, L] distinct items, each outside the user's top-N and training items."""
+        users = torch.arange(self.n_users) if users is None else users
+        items = torch.from_numpy(rng.integers(1, self.n_items, size=(len(users), self.l)))
+        pending = torch.arange(len(users))  # rows still to be checked
         for _ in range(self.MAX_REJECTION_ROUNDS):
-            keys = users * self.n_items + items
-            bad = _in_sorted(keys, self._train_keys) | _in_sorted(keys, self._top_keys)
-            bad |= _row_duplicates(items)
-            if not bad.any():
+            block = items[pending]
+            bad = self._forbidden(users[pending], block) | _row_duplicates(block)
+            rows_bad = bad.any(dim=1)
+            if not bool(rows_bad.any()):
                 return items
-            items[bad] = rng.integers(1, self.n_items, size=int(bad.sum()))
+            pending, bad, block = pending[rows_bad], bad[rows_bad], block[rows_bad]
+            block[bad] = torch.from_numpy(rng.integers(1, self.n_items, size=int(bad.sum())))
+            items[pending] = block
         # Nearly-full users: draw their lists from the explicit complement instead.
-        for user in np.unique(np.nonzero(bad)[0]):
-            forbidden = np.concatenate([
-                self._train_keys[np.searchsorted(self._train_keys, user * self.n_items):
-                                 np.searchsorted(self._train_keys, (user + 1) * self.n_items)]
-                - user * self.n_items,
-                self.top_n[user], [0]])
+        for row in pending.tolist():
+            user = int(users[row])
+            lo, hi = (int(torch.searchsorted(self._train_keys, user * self.n_items + off))
+                      for off in (0, self.n_items))
+            forbidden = np.concatenate([(self._train_keys[lo:hi] - user * self.n_items).numpy(),
+                                        self.top_n[user].numpy(), [0]])
             allowed = np.setdiff1d(np.arange(self.n_items), forbidden)
-            items[user] = rng.choice(allowed, size=self.l, replace=False)
+            items[row] = torch.from_numpy(rng.choice(allowed, size=self.l, replace=False))
         return items
 
     def sample(self, epoch):
-        """Return (interesting [n_users, K], uninteresting [n_users, L]) item-id arrays."""
+        """Return (interesting [n_users, K], uninteresting [n_users, L]) int64 item-id arrays."""
         rng = np.random.default_rng([int(self.seed), int(epoch)])
-        positions = self.interesting_positions(rng)
-        interesting = np.take_along_axis(self.top_n, positions, axis=1)
-        return interesting, self.uninteresting_items(rng)
+        interesting = np.empty((self.n_users, self.k), dtype=np.int64)
+        uninteresting = np.empty((self.n_users, self.l), dtype=np.int64)
+        for start in range(0, self.n_users, self.USER_BLOCK):
+            users = torch.arange(start, min(start + self.USER_BLOCK, self.n_users))
+            positions = self.interesting_positions(rng, users)
+            interesting[users.numpy()] = torch.gather(self.top_n[users], 1, positions).numpy()
+            uninteresting[users.numpy()] = self.uninteresting_items(rng, users).numpy()
+        return interesting, uninteresting

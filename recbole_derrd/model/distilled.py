@@ -104,10 +104,13 @@ class DistilledRecommender(GeneralRecommender):
                                  % (self.tau_end, self.tau_start))
             self.anneal_epochs = _non_negative(config, "de_anneal_epochs")
             num_experts = int(_positive(config, "de_num_experts"))
+            threshold = _non_negative(config, "de_weight_threshold")
+            if threshold >= 1:
+                raise ValueError("de_weight_threshold=%r must be below 1" % (threshold,))
             self.user_experts = DistillationExperts(
-                self.student_adapter.user_dim, self.teacher_adapter.user_dim, num_experts)
+                self.student_adapter.user_dim, self.teacher_adapter.user_dim, num_experts, threshold)
             self.item_experts = DistillationExperts(
-                self.student_adapter.item_dim, self.teacher_adapter.item_dim, num_experts)
+                self.student_adapter.item_dim, self.teacher_adapter.item_dim, num_experts, threshold)
             self.tau = self.tau_start
         if self.use_rrd:
             names.append("RRD")
@@ -173,20 +176,26 @@ class DistilledRecommender(GeneralRecommender):
         return items[label > 0.5], items[label <= 0.5]
 
     def de_loss(self, interaction):
-        """DE(unique users) + 0.5 * (DE(unique positive items) + DE(unique negative items))."""
+        """DE(unique users) + 0.5 * (DE(unique positive items) + DE(unique negative items)).
+
+        The two item sets go through the item experts in one call (rows weighted 0.5): the
+        same loss as two calls, with larger and fewer matrix products.
+        """
         users = torch.unique(interaction[self.USER_ID])
         loss = self._de_part(self.user_experts, self.student_adapter.user_repr,
                              self.teacher_adapter.user_repr, users)
-        for items in self._batch_items(interaction):
-            if items.numel():
-                loss = loss + 0.5 * self._de_part(self.item_experts, self.student_adapter.item_repr,
-                                                  self.teacher_adapter.item_repr, torch.unique(items))
+        item_sets = [torch.unique(items) for items in self._batch_items(interaction) if items.numel()]
+        if item_sets:
+            items = torch.cat(item_sets)
+            half = torch.full(items.shape, 0.5, device=items.device)
+            loss = loss + self._de_part(self.item_experts, self.student_adapter.item_repr,
+                                        self.teacher_adapter.item_repr, items, half)
         return loss
 
-    def _de_part(self, experts, student_repr, teacher_repr, ids):
+    def _de_part(self, experts, student_repr, teacher_repr, ids, row_weights=None):
         with torch.no_grad():
             target = teacher_repr(ids)
-        return experts.loss(student_repr(ids), target, self.tau)
+        return experts.loss(student_repr(ids), target, self.tau, row_weights)
 
     def rrd_loss(self, interaction):
         if self.interesting is None:

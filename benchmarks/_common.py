@@ -1,0 +1,73 @@
+"""Shared helpers of the benchmark scripts: environment line, matmul rate, RESULTS.md."""
+
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # benchmark this checkout's code
+SHARED_DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "datasets"))
+
+
+def median_seconds(fn, repeats=5, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_rate(size=2048, repeats=5):
+    """Median FLOP/s of a size^3 fp32 matmul in this process, with its thread count."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    out = torch.empty(size, size)
+    return 2.0 * size ** 3 / median_seconds(lambda: torch.mm(a, b, out=out), repeats)
+
+
+def environment_line(command):
+    load = os.getloadavg()
+    return ("`%s` on %s (%s), torch %s, %d threads, load average before: %.2f %.2f %.2f"
+            % (command, platform.node() or "?", platform.processor() or platform.machine(),
+               torch.__version__, torch.get_num_threads(), *load))
+
+
+def check_quiet(max_load, force):
+    """Refuse to record when the machine is busy (the 1-minute load average)."""
+    load = os.getloadavg()[0]
+    if load > max_load and not force:
+        sys.exit("load average %.2f > %.2f: something else is running; wait, or pass --force "
+                 "(the result is then printed but not recorded)" % (load, max_load))
+    return load <= max_load
+
+
+def record(title, lines, enabled=True):
+    text = "\n".join(["## %s, %s" % (title, datetime.datetime.now().strftime("%Y-%m-%d %H:%M")), ""]
+                     + lines) + "\n"
+    print(text)
+    if enabled:
+        with open(os.path.join(HERE, "RESULTS.md"), "a", encoding="utf-8") as handle:
+            handle.write("\n" + text)
+
+
+def citeulike_config(model_name, data_path, batch_size, **extra):
+    """RecBole Config for the paper's CiteULike split, BPR 200 -> BPR 20 defaults."""
+    from recbole.config import Config
+
+    settings = {
+        "data_path": data_path, "benchmark_filename": ["train", "valid", "test"],
+        "load_col": {"inter": ["user_id", "item_id"]}, "train_batch_size": batch_size,
+        "embedding_size": 20, "t_embedding_size": 200, "state": "ERROR", "show_progress": False,
+        "eval_args": {"mode": "uni499", "order": "RO", "group_by": "user"},
+    }
+    settings.update(extra)
+    return Config(model=model_name, dataset="citeulike", config_dict=settings)
