@@ -57,6 +57,11 @@ class BackboneAdapter:
         """[U] users -> [U, n_items] scores over the whole catalogue (teacher ranking)."""
         raise NotImplementedError
 
+    def score_tables(self):
+        """(user table [n_users, d], item table [n_items, d]) when scores are their dot
+        products, else None (then inference goes through :meth:`all_scores`)."""
+        return None
+
 
 class MFAdapter(BackboneAdapter):
     """Matrix factorisation: the embeddings are the representations, scores are dot products."""
@@ -83,6 +88,9 @@ class MFAdapter(BackboneAdapter):
 
     def all_scores(self, users):
         return self.model.user_embedding(users) @ self.model.item_embedding.weight.t()
+
+    def score_tables(self):
+        return self.model.user_embedding.weight, self.model.item_embedding.weight
 
 
 class LightGCNAdapter(MFAdapter):
@@ -119,6 +127,9 @@ class LightGCNAdapter(MFAdapter):
     def all_scores(self, users):
         user_all, item_all = self._propagated()
         return user_all[users] @ item_all.t()
+
+    def score_tables(self):
+        return self._propagated()
 
 
 class NeuMFAdapter(BackboneAdapter):

@@ -190,3 +190,10 @@ def test_sampler_validates_k():
     top = np.tile(np.arange(50, 60), (5, 1))
     with pytest.raises(ValueError, match="rrd_k=11"):
         RRDSampler(top, train, 11, 5)
+
+
+def test_sampler_is_shared_not_copied_by_deepcopy():
+    import copy
+
+    sampler, _, _ = make_sampler()
+    assert copy.deepcopy({"sampler": sampler})["sampler"] is sampler

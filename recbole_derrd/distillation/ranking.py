@@ -114,6 +114,11 @@ class RRDSampler:
         self._train_keys = torch.from_numpy(user_of * self.n_items + train_matrix.indices.astype(np.int64))
         self._top_sorted = torch.sort(self.top_n, dim=1).values
 
+    def __deepcopy__(self, memo):
+        # Read-only after construction; RecBole's get_flops deep-copies the model, and the
+        # [users, N] tables must not be duplicated on large catalogues.
+        return self
+
     def interesting_positions(self, rng, users=None):
         """[users, K] positions (0-based ranks) into the top-N, ascending (teacher order)."""
         n_rows = self.n_users if users is None else len(users)

@@ -1,0 +1,142 @@
+"""Top-k recommendation for a trained student (or teacher): the reason for distilling.
+
+``scores = U @ V.T; topk`` materialises a users x items score matrix: memory-bound, and
+hundreds of MB for a mid-size catalogue.  :func:`top_k_items` scores a block of users against
+a block of items at a time (in the matrix layout that is fastest for a narrow embedding) and
+keeps a running top-k per user, so memory stays ``user_block x item_block`` whatever the
+catalogue size.  :func:`recommend` applies it to any supported RecBole backbone (and to the
+plugin's models, which predict with their student), masking padding and training items.
+"""
+
+import numpy as np
+import torch
+
+from recbole_derrd.backbones import adapter_for
+
+ITEM_BLOCK = 1 << 15
+
+
+def default_user_block(dim):
+    """Users per score block: small for narrow embeddings, whose products are bound by writing
+    the score block (a block that stays in cache is then re-read by top-k for free), large for
+    wide ones, whose products need the rows for efficiency.  Measured on CiteULike shapes
+    (benchmarks/inference.py)."""
+    if dim <= 32:
+        return 32
+    if dim <= 64:
+        return 64
+    return 256
+
+
+class _Exclusions:
+    """Rows of a scipy CSR (users x items) as torch index pairs, sliced per score block."""
+
+    def __init__(self, exclude, user_ids, device):
+        rows = exclude[user_ids].tocsr()
+        self.indptr = rows.indptr
+        self.cols = torch.as_tensor(rows.indices, dtype=torch.long, device=device)
+        self.row_of = torch.as_tensor(np.repeat(np.arange(len(user_ids)), np.diff(rows.indptr)),
+                                      dtype=torch.long, device=device)
+
+    def mask(self, scores, first_row, item_start):
+        lo, hi = self.indptr[first_row], self.indptr[min(first_row + scores.shape[0], len(self.indptr) - 1)]
+        rows, cols = self.row_of[lo:hi] - first_row, self.cols[lo:hi] - item_start
+        keep = (cols >= 0) & (cols < scores.shape[1])
+        scores[rows[keep], cols[keep]] = -torch.inf
+
+
+def _mask_block(scores, exclude, user_ids, item_start):
+    """Set to -inf the (user, item) pairs of ``exclude`` (scipy CSR) inside this score block."""
+    _Exclusions(exclude, user_ids, scores.device).mask(scores, 0, item_start)
+
+
+@torch.no_grad()
+def top_k_items(user_vectors, item_vectors, k, exclude=None, user_ids=None, skip_item_zero=True,
+                user_block=None, item_block=ITEM_BLOCK):
+    """Per row of ``user_vectors`` [U, d], the ``k`` best items of ``item_vectors`` [I, d] by dot product.
+
+    Args:
+        exclude: optional scipy CSR (users x items) of pairs never to recommend (training items).
+        user_ids: numpy ids of the rows in ``exclude`` (default: 0..U-1).
+        skip_item_zero: never return item 0 (RecBole's padding item).
+        user_block: users per score block (default: :func:`default_user_block`).
+    Returns:
+        (scores [U, k] float, items [U, k] int64), best first.
+    """
+    n_users, n_items = user_vectors.shape[0], item_vectors.shape[0]
+    if not 1 <= k <= n_items - int(skip_item_zero):
+        raise ValueError("k=%d must be between 1 and the number of items (%d)" % (k, n_items))
+    user_vectors, item_vectors = user_vectors.detach(), item_vectors.detach()
+    user_block = user_block or default_user_block(user_vectors.shape[1])
+    if user_ids is None:
+        user_ids = np.arange(n_users)
+    exclusions = _Exclusions(exclude, user_ids, user_vectors.device) if exclude is not None else None
+    # Many users: one transposed copy of the item table makes every block a [u, d] @ [d, i]
+    # product into a reused buffer; a few users: [i, d] @ [d, u] reads the table as it is.
+    few = n_users < 32
+    items_t = None if few else item_vectors.t().contiguous()
+    buffer = None if few else user_vectors.new_empty(min(user_block, n_users), min(item_block, n_items))
+    out_scores = user_vectors.new_empty(n_users, k)
+    out_items = torch.empty(n_users, k, dtype=torch.long, device=user_vectors.device)
+    for start in range(0, n_users, user_block):
+        users = user_vectors[start:start + user_block]
+        best_scores = best_items = None
+        for item_start in range(0, n_items, item_block):
+            width = min(item_block, n_items - item_start)
+            if few:
+                scores = torch.mm(item_vectors[item_start:item_start + width], users.t()).t().contiguous()
+            else:
+                scores = torch.mm(users, items_t[:, item_start:item_start + width],
+                                  out=buffer[:len(users), :width])
+            if skip_item_zero and item_start == 0:
+                scores[:, 0] = -torch.inf
+            if exclusions is not None:
+                exclusions.mask(scores, start, item_start)
+            values, index = torch.topk(scores, min(k, width), dim=1)
+            index += item_start
+            if best_scores is not None:
+                values, pick = torch.topk(torch.cat([best_scores, values], 1), k, dim=1)
+                index = torch.gather(torch.cat([best_items, index], 1), 1, pick)
+            best_scores, best_items = values, index
+        out_scores[start:start + len(users)] = best_scores[:, :k]
+        out_items[start:start + len(users)] = best_items[:, :k]
+    return out_scores, out_items
+
+
+@torch.no_grad()
+def recommend(model, users, k=20, exclude=None, user_block=None):
+    """Top-k item ids for ``users`` from a trained RecBole model (student, teacher or plugin model).
+
+    Args:
+        model: a supported backbone (BPR, LightGCN, NeuMF) or DE / RRD / DERRD (its student).
+        users: sequence or LongTensor of internal user ids.
+        exclude: optional scipy CSR of pairs to skip, e.g. ``dataset.inter_matrix(form='csr')``.
+    Returns:
+        (scores [len(users), k], items [len(users), k]) tensors, best first.
+    """
+    backbone = getattr(model, "student", model)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        adapter = adapter_for(backbone)
+        users = torch.as_tensor(users, dtype=torch.long, device=backbone.device)
+        user_ids = users.cpu().numpy()
+        tables = adapter.score_tables()
+        if tables is not None:
+            user_table, item_table = tables
+            return top_k_items(user_table.index_select(0, users), item_table, k, exclude, user_ids,
+                               user_block=user_block)
+        parts_scores, parts_items = [], []
+        user_block = user_block or 256
+        for start in range(0, len(users), user_block):
+            block = users[start:start + user_block]
+            scores = adapter.all_scores(block).float()
+            scores[:, 0] = -torch.inf
+            if exclude is not None:
+                _mask_block(scores, exclude, user_ids[start:start + user_block], 0)
+            values, items = torch.topk(scores, k, dim=1)
+            parts_scores.append(values)
+            parts_items.append(items)
+        return torch.cat(parts_scores), torch.cat(parts_items)
+    finally:
+        backbone.train(was_training)
