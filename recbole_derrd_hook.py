@@ -12,7 +12,7 @@ import importlib.util
 import sys
 
 MODEL_PACKAGE = "recbole.model.general_recommender"
-PLUGIN_MODULES = frozenset(MODEL_PACKAGE + "." + name for name in ("de", "rrd", "derrd"))
+PLUGIN_MODULES = frozenset(MODEL_PACKAGE + "." + name for name in ("de", "rrd", "derrd", "rd", "cd"))
 
 
 class _PluginModuleLoader(importlib.abc.Loader):

@@ -23,6 +23,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import torch
@@ -34,6 +35,29 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB on Linux
+
+
+def current_rss_gb():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024 ** 3
+
+
+class RssSampler(threading.Thread):
+    """Highest resident set size seen while a step runs (polled every 5 ms)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak = current_rss_gb()
+        self._done = threading.Event()
+
+    def run(self):
+        while not self._done.wait(0.005):
+            self.peak = max(self.peak, current_rss_gb())
+
+    def stop(self):
+        self._done.set()
+        self.join()
+        return max(self.peak, current_rss_gb())
 
 
 def child(args):
@@ -61,12 +85,14 @@ def child(args):
     train, valid, _ = data_preparation(config, create_dataset(config))
     model = get_model("DERRD")(config, train._dataset)
     load_time = time.perf_counter() - start
-    rss_before = peak_rss_gb()
     train_matrix = train._dataset.inter_matrix(form="csr").astype("float32")
+    rss_before = current_rss_gb()
+    sampler = RssSampler()
+    sampler.start()
     start = time.perf_counter()
     top = teacher_top_n(model.teacher_adapter.all_scores, train_matrix, model.rrd_top_n)
     top_time = time.perf_counter() - start
-    rss_top = peak_rss_gb()
+    rss_top = sampler.stop()
     result = {"users": int(train._dataset.user_num - 1), "items": int(train._dataset.item_num - 1),
               "train": int(train._dataset.inter_num), "load_s": load_time, "top_n_s": top_time,
               "top_n_rss_growth_gb": rss_top - rss_before, "top_n_table_gb": top.nbytes / 1024 ** 3}
@@ -139,7 +165,7 @@ def main(argv=None):
         result = json.loads(line[0][len("RESULT "):])
         rows.append((label, result))
         print(label, result, flush=True)
-    lines = [env, "", "| data | users x items | train interactions | top-N (s) | peak RSS growth during top-N (GB) "
+    lines = [env, "", "| data | users x items | train interactions | top-N (s) | RSS growth during top-N, peak (GB) "
              "| top-N table (GB) | DE-RRD epoch (s) | of which RRD sampling (s) | s per 1M interactions "
              "| process peak RSS (GB) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, r in rows:

@@ -1,7 +1,7 @@
 """recbole-derrd: DE-RRD knowledge distillation (Kang et al., CIKM 2020) as a RecBole plugin.
 
-``import recbole_derrd`` registers the models ``DE``, ``RRD`` and ``DERRD`` (and their trainers)
-with RecBole, so RecBole's own ``run_recbole(model='DERRD', ...)``, ``get_model``,
+``import recbole_derrd`` registers the models ``DE``, ``RRD`` and ``DERRD``, and the baselines
+``RD`` and ``CD`` (and their trainers) with RecBole, so RecBole's own ``run_recbole(model='DERRD', ...)``, ``get_model``,
 ``get_trainer`` and ``HyperTuning`` use them unchanged.
 """
 
@@ -14,10 +14,10 @@ from recbole_derrd.registration import PLUGIN_MODELS, register  # noqa: E402
 register()
 
 from recbole_derrd.config import protocol_file  # noqa: E402
-from recbole_derrd.model import DE, DERRD, RRD, DistilledRecommender  # noqa: E402
+from recbole_derrd.model import CD, DE, DERRD, RD, RRD, DistilledRecommender  # noqa: E402
 from recbole_derrd.trainer import DistillationTrainer, safe_trainer_class  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["DE", "RRD", "DERRD", "DistilledRecommender", "DistillationTrainer",
+__all__ = ["DE", "RRD", "DERRD", "RD", "CD", "DistilledRecommender", "DistillationTrainer",
            "safe_trainer_class", "PLUGIN_MODELS", "register", "protocol_file", "__version__"]

@@ -19,10 +19,11 @@ from recbole.utils import get_model
 
 from recbole_derrd import config as plugin_config
 from recbole_derrd.data_checks import check_dataset_files
-from recbole_derrd.model import distilled
+from recbole_derrd.model import baselines, distilled
 from recbole_derrd.trainer import DistillationTrainer
 
-PLUGIN_MODELS = {"DE": distilled.DE, "RRD": distilled.RRD, "DERRD": distilled.DERRD}
+PLUGIN_MODELS = {"DE": distilled.DE, "RRD": distilled.RRD, "DERRD": distilled.DERRD,
+                 "RD": baselines.RD, "CD": baselines.CD}
 MODEL_PACKAGE = "recbole.model.general_recommender"
 
 

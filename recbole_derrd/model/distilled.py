@@ -219,6 +219,7 @@ class DistilledRecommender(GeneralRecommender):
             parts.append(self.de_weight * scale * self.de_loss(interaction))
         if self.use_rrd:
             parts.append(self.rrd_weight * scale * self.rrd_loss(interaction))
+        parts += [scale * part for part in self.extra_losses(interaction)]
         if not torch.isfinite(sum(parts)):  # one check per batch; name the part only on failure
             name, part = next((n, p) for n, p in zip(self.loss_part_names, parts)
                               if not torch.isfinite(p))
@@ -226,6 +227,10 @@ class DistilledRecommender(GeneralRecommender):
                 "the %s loss became %s in epoch %d: training stopped; the last checkpoint "
                 "written before it is kept" % (name, part.item(), self.epoch))
         return tuple(parts)
+
+    def extra_losses(self, interaction):
+        """Weighted, summed KD losses of subclasses (baselines), after DE and RRD."""
+        return []
 
     # ------------------------------------------------------------------ prediction
     def predict(self, interaction):

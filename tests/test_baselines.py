@@ -1,0 +1,107 @@
+"""The baselines RD and CD: losses against direct formulas, the CD sampler's law, end to end."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from recbole.quick_start import run_recbole as stock_run_recbole
+from scipy.stats import chisquare
+
+from test_model import build
+
+
+def test_rd_static_loss_matches_formula(tiny):
+    _, net, train, _, _ = build("RD", dict(tiny, rd_k=4, rd_lambda=2.0))
+    batch = next(iter(train))
+    users = torch.unique(batch["user_id"])
+    loss = net.rd_loss(batch)  # epoch 0 < warm-up: static weights only
+    weights = [math.exp(-r / 2.0) for r in range(1, 5)]
+    weights = [w / sum(weights) for w in weights]
+    expected = 0.0
+    for user in users.tolist():
+        for r, item in enumerate(net.rd_top[user].tolist()):
+            score = float(net.student.user_embedding.weight[user] @ net.student.item_embedding.weight[item])
+            expected -= weights[r] * math.log(1 / (1 + math.exp(-score)))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_rd_top_k_is_the_teachers_unobserved_best(tiny):
+    _, net, train, _, _ = build("RD", tiny)
+    train_items = train._dataset.inter_matrix(form="csr")
+    scores = net.teacher.user_embedding.weight @ net.teacher.item_embedding.weight.t()
+    for user in (1, 5, 9):
+        masked = scores[user].clone()
+        masked[train_items[user].indices] = -torch.inf
+        masked[0] = -torch.inf
+        assert net.rd_top[user].tolist() == torch.topk(masked, net.rd_k).indices.tolist()
+
+
+def test_rd_hybrid_weights_match_formula(tiny):
+    _, net, train, _, _ = build("RD", dict(tiny, rd_k=3, rd_samples=7, rd_mu=0.5, rd_warmup_epochs=1))
+    net.start_epoch(1)  # past the warm-up
+    users = torch.tensor([1, 2, 3])
+    scores = net.student_adapter.score(users, net.rd_top[users])
+    torch.manual_seed(11)
+    weights = net.rd_weights(users, scores)
+    torch.manual_seed(11)
+    sampled = torch.randint(1, net.n_items, (3, 7))
+    sampled_scores = net.student_adapter.score(users, sampled)
+    static = [math.exp(-r) for r in (1, 2, 3)]
+    for u in range(3):
+        row = []
+        for r in range(3):
+            above = int((sampled_scores[u] > scores[u, r]).sum())
+            rank_hat = 1 + above * (net.n_items - 1) / 7
+            row.append(static[r] * math.tanh(max(0.5 * (rank_hat - (r + 1)), 0)))
+        total = sum(row)
+        expected = [w / total if total > 0 else 0.0 for w in row]
+        assert weights[u].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+def test_cd_ranks_follow_the_truncated_geometric_law(tiny):
+    _, net, _, _, _ = build("CD", dict(tiny, cd_gamma=30.0, cd_samples=4000))
+    ranks = net.sample_ranks(0)[3].numpy()  # one user, 4000 draws
+    unobserved = float(net.cd_unobserved[3])
+    depth = net.cd_depth
+    p = np.exp(-30.0 * np.arange(depth) / unobserved)
+    p /= p.sum()
+    observed = np.bincount(ranks, minlength=depth)
+    top = 15  # pool the tail so every expected count is large enough
+    expected = np.append(p[:top], p[top:].sum()) * len(ranks)
+    statistic, p_value = chisquare(np.append(observed[:top], observed[top:].sum()), expected)
+    assert p_value > 1e-3, (statistic, p_value)
+    assert torch.equal(net.sample_ranks(0), net.sample_ranks(0))
+    assert not torch.equal(net.sample_ranks(0), net.sample_ranks(1))
+
+
+def test_cd_depth_keeps_all_but_tail_mass(tiny):
+    _, net, train, _, _ = build("CD", dict(tiny, cd_gamma=500.0))
+    needed = math.ceil(-math.log(1e-6) * float(net.cd_unobserved.max()) / 500.0)
+    assert net.cd_depth == needed and net.cd_ranking.shape[1] == needed
+    train_items = train._dataset.inter_matrix(form="csr")
+    for user in (1, 4):
+        assert not set(net.cd_items[user].tolist()) & set(train_items[user].indices)
+        assert set(net.cd_items[user].tolist()) <= set(net.cd_ranking[user].tolist())
+
+
+def test_cd_loss_matches_formula(tiny):
+    _, net, train, _, _ = build("CD", dict(tiny, cd_temperature=2.0, cd_samples=3))
+    batch = next(iter(train))
+    loss = net.cd_loss(batch)
+    expected = 0.0
+    for user in torch.unique(batch["user_id"]).tolist():
+        for item in net.cd_items[user].tolist():
+            s = float(net.student.user_embedding.weight[user] @ net.student.item_embedding.weight[item])
+            t = float(net.teacher.user_embedding.weight[user] @ net.teacher.item_embedding.weight[item])
+            q = 1 / (1 + math.exp(-t / 2.0))
+            expected -= q * math.log(1 / (1 + math.exp(-s))) + (1 - q) * math.log(1 / (1 + math.exp(s)))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("model", ["RD", "CD"])
+def test_baselines_run_through_stock_run_recbole(tiny, model):
+    result = stock_run_recbole(model=model, config_dict=dict(tiny, rd_warmup_epochs=1), saved=True)
+    assert all(0.0 <= v <= 1.0 for v in result["test_result"].values())
+    assert result["best_valid_result"]["ndcg@10"] > 0
