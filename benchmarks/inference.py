@@ -8,8 +8,11 @@ blocked scoring + running top-k, training items masked):
 (b) batch: top-20 for every user; throughput, and the split between scoring and top-k
     selection (top-k costs the same for every dimension, which bounds the batch speed-up).
 
-A plain ``scores = U @ V.T; topk`` is timed beside (b) for reference.  Latency does not depend
-on the weights, so the models have the right shape but untrained weights; accuracy comes only
+A plain ``scores = U @ V.T; topk`` is timed beside (b) for reference.  Each model runs in its
+own process: after a large score matrix is freed, glibc raises its mmap threshold and later
+mid-size allocations page-fault again, which slowed the next model by up to 1.7x when they
+shared a process.  Latency does not depend on the weights, so the models have the right
+shape but untrained weights; accuracy comes only
 from trained runs (``--accuracy results/<file>.json`` mapping phi to the student's accuracy
 as a fraction of the teacher's), otherwise it is reported as not measured.
 
@@ -19,7 +22,9 @@ as a fraction of the teacher's), otherwise it is reported as not measured.
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -31,6 +36,56 @@ PHIS = (1.0, 0.5, 0.1)
 TEACHER_DIM = 200
 
 
+
+def child(args):
+    """One model's measurements, printed as a JSON line (runs in its own process)."""
+    import recbole_derrd  # noqa: F401
+    from recbole.data import create_dataset
+    from recbole.model.general_recommender import BPR
+
+    from recbole_derrd.inference import default_user_block, recommend
+
+    torch.set_num_threads(args.threads)
+    config = citeulike_config("BPR", args.data_path, 1024)
+    dataset = create_dataset(config)
+    exclude = dataset.inter_matrix(form="csr")
+    all_users = torch.arange(1, dataset.user_num)
+    rng = np.random.default_rng(0)
+    request_users = rng.choice(np.arange(1, dataset.user_num), size=args.requests, replace=False)
+    dim = args.child_dim
+    config["embedding_size"] = dim
+    model = BPR(config, dataset).eval()
+    params = sum(p.numel() for p in model.parameters())
+    recommend(model, [1], args.k, exclude)  # warm-up
+    latencies = []
+    for user in request_users:
+        start = time.perf_counter()
+        recommend(model, [int(user)], args.k, exclude)
+        latencies.append(time.perf_counter() - start)
+    batch = median_seconds(lambda: recommend(model, all_users, args.k, exclude), repeats=3)
+    users_t = model.user_embedding.weight[1:].detach()
+    items_t = model.item_embedding.weight.detach()
+    # the batch path's two halves, with its block size and layout (see top_k_items)
+    block = default_user_block(dim)
+    items_tr = items_t.t().contiguous()
+    buffer = torch.empty(block, items_t.shape[0])
+    starts = range(0, len(users_t) - block + 1, block)
+    scoring = median_seconds(lambda: [torch.mm(users_t[s:s + block], items_tr, out=buffer)
+                                      for s in starts], repeats=3)
+    topk = median_seconds(lambda: [torch.topk(buffer, args.k, dim=1) for _ in starts], repeats=3)
+
+    def plain():
+        scores = users_t @ items_t.t()
+        coo = exclude[1:].tocoo()
+        scores[torch.as_tensor(coo.row, dtype=torch.long), torch.as_tensor(coo.col, dtype=torch.long)] = -torch.inf
+        scores[:, 0] = -torch.inf
+        return torch.topk(scores, args.k, dim=1)
+
+    naive = median_seconds(plain, repeats=3)  # last: its big allocations must not affect the rest
+    print("RESULT " + json.dumps({"params": params, "latency": float(np.median(latencies)), "batch": batch,
+                                  "scoring": scoring, "topk": topk, "plain": naive,
+                                  "users": int(dataset.user_num - 1), "items": int(dataset.item_num - 1)}))
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="teacher vs student inference cost")
     parser.add_argument("--data_path", default=SHARED_DATA)
@@ -41,67 +96,39 @@ def main(argv=None):
     parser.add_argument("--no_record", action="store_true")
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--max_load", type=float, default=0.7)
+    parser.add_argument("--child_dim", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    sys.argv = sys.argv[:1]
+    if args.child_dim:
+        return child(args)
     if not os.path.isdir(os.path.join(args.data_path, "citeulike")):
         sys.exit("CiteULike not found under %s (see ../shared/datasets/README.md)" % args.data_path)
-    sys.argv = sys.argv[:1]
-    import recbole_derrd  # noqa: F401
-    from recbole.data import create_dataset
-    from recbole.model.general_recommender import BPR
-
-    from recbole_derrd.inference import default_user_block, recommend
-
-    torch.set_num_threads(args.threads)
     quiet = args.no_record or check_quiet(args.max_load, args.force)
     accuracy = {}
     if args.accuracy:
         with open(args.accuracy, encoding="utf-8") as handle:
             accuracy = {float(key): value for key, value in json.load(handle).items()}
-    config = citeulike_config("BPR", args.data_path, 1024)
-    dataset = create_dataset(config)
-    exclude = dataset.inter_matrix(form="csr")
-    all_users = torch.arange(1, dataset.user_num)
-    rng = np.random.default_rng(0)
-    request_users = rng.choice(np.arange(1, dataset.user_num), size=args.requests, replace=False)
-
+    env = environment_line("python benchmarks/inference.py --k %d --requests %d" % (args.k, args.requests))
     rows = []
     for label, dim in [("teacher (200)", TEACHER_DIM)] + [("student phi=%g (%d)" % (phi, int(TEACHER_DIM * phi)),
                                                            int(TEACHER_DIM * phi)) for phi in PHIS]:
-        config["embedding_size"] = dim
-        model = BPR(config, dataset).eval()
-        params = sum(p.numel() for p in model.parameters())
-        latencies = []
-        for user in request_users:
-            start = time.perf_counter()
-            recommend(model, [int(user)], args.k, exclude)
-            latencies.append(time.perf_counter() - start)
-        batch = median_seconds(lambda: recommend(model, all_users, args.k, exclude), repeats=3)
-        users_t = model.user_embedding.weight[1:].detach()
-        items_t = model.item_embedding.weight.detach()
-        # the batch path's two halves, with its block size and layout (see top_k_items)
-        block = default_user_block(dim)
-        items_tr = items_t.t().contiguous()
-        buffer = torch.empty(block, items_t.shape[0])
-        starts = range(0, len(users_t) - block + 1, block)
-        scoring = median_seconds(lambda: [torch.mm(users_t[s:s + block], items_tr, out=buffer)
-                                          for s in starts], repeats=3)
-        topk = median_seconds(lambda: [torch.topk(buffer, args.k, dim=1) for _ in starts], repeats=3)
-
-        def plain():
-            scores = users_t @ items_t.t()
-            coo = exclude[1:].tocoo()
-            scores[torch.as_tensor(coo.row, dtype=torch.long), torch.as_tensor(coo.col, dtype=torch.long)] = -torch.inf
-            scores[:, 0] = -torch.inf
-            return torch.topk(scores, args.k, dim=1)
-
-        naive = median_seconds(plain, repeats=3)
-        rows.append((label, dim, params, float(np.median(latencies)), batch, scoring, topk, naive))
-        print("%s: request %.3f ms, batch %.3f s" % (label, rows[-1][3] * 1e3, batch), flush=True)
+        # one process per model: the allocator state left by one model's big score matrices
+        # must not slow the next model's timings
+        command = [sys.executable, os.path.abspath(__file__), "--child_dim", str(dim), "--data_path",
+                   args.data_path, "--k", str(args.k), "--requests", str(args.requests),
+                   "--threads", str(args.threads)]
+        output = subprocess.run(command, capture_output=True, text=True, cwd=tempfile.gettempdir())
+        line = [x for x in output.stdout.splitlines() if x.startswith("RESULT ")]
+        if output.returncode or not line:
+            sys.exit("%s failed:\n%s" % (label, output.stderr[-3000:]))
+        r = json.loads(line[0][len("RESULT "):])
+        rows.append((label, dim, r["params"], r["latency"], r["batch"], r["scoring"], r["topk"], r["plain"]))
+        n_users, n_items = r["users"], r["items"]
+        print("%s: request %.3f ms, batch %.3f s" % (label, r["latency"] * 1e3, r["batch"]), flush=True)
 
     teacher = rows[0]
-    lines = [environment_line("python benchmarks/inference.py --k %d --requests %d" % (args.k, args.requests)),
-             "", "CiteULike shape: %d users x %d items, training items masked, top-%d."
-             % (dataset.user_num - 1, dataset.item_num - 1, args.k), "",
+    lines = [env, "", "CiteULike shape: %d users x %d items, training items masked, top-%d."
+             % (n_users, n_items, args.k), "",
              "| model | params | (a) one request, median (ms) | speed-up | (b) all users (s) | users/s | speed-up "
              "| of which scoring (s) | of which top-k (s) | plain U@V.T + topk (s) | accuracy vs teacher |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -110,7 +137,7 @@ def main(argv=None):
         acc = ("%.3f" % accuracy[phi]) if (label != teacher[0] and phi in accuracy) else (
             "1" if label == teacher[0] else "not measured")
         lines.append("| %s | %.2fM | %.3f | %.1fx | %.3f | %.0f | %.2fx | %.3f | %.3f | %.3f | %s |" % (
-            label, params / 1e6, latency * 1e3, teacher[3] / latency, batch, (dataset.user_num - 1) / batch,
+            label, params / 1e6, latency * 1e3, teacher[3] / latency, batch, n_users / batch,
             teacher[4] / batch, scoring, topk, naive, acc))
     lines += ["", "Scoring / top-k: the batch path's two halves timed apart (same blocks and layout). Top-k "
               "costs about the same at every dimension, so the batch speed-up is bounded by "
