@@ -1,10 +1,13 @@
 """Shared helpers of the benchmark scripts: environment line, matmul rate, RESULTS.md."""
 
 import datetime
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -71,3 +74,17 @@ def citeulike_config(model_name, data_path, batch_size, **extra):
     }
     settings.update(extra)
     return Config(model=model_name, dataset="citeulike", config_dict=settings)
+
+
+def child_result(command, label):
+    """Run one measurement in a fresh process (its own peak memory and allocator state) and
+    return the JSON it prints on a ``RESULT `` line."""
+    output = subprocess.run(command, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    line = [x for x in output.stdout.splitlines() if x.startswith("RESULT ")]
+    if output.returncode or not line:
+        sys.exit("%s failed:\n%s" % (label, output.stderr[-3000:]))
+    return json.loads(line[0][len("RESULT "):])
+
+
+def print_result(result):
+    print("RESULT " + json.dumps(result), flush=True)

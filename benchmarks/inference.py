@@ -22,15 +22,14 @@ as a fraction of the teacher's), otherwise it is reported as not measured.
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 import torch
 
-from _common import SHARED_DATA, check_quiet, citeulike_config, environment_line, median_seconds, record
+from _common import (SHARED_DATA, check_quiet, child_result, citeulike_config, environment_line,
+                     median_seconds, print_result, record)
 
 PHIS = (1.0, 0.5, 0.1)
 TEACHER_DIM = 200
@@ -82,9 +81,9 @@ def child(args):
         return torch.topk(scores, args.k, dim=1)
 
     naive = median_seconds(plain, repeats=3)  # last: its big allocations must not affect the rest
-    print("RESULT " + json.dumps({"params": params, "latency": float(np.median(latencies)), "batch": batch,
-                                  "scoring": scoring, "topk": topk, "plain": naive,
-                                  "users": int(dataset.user_num - 1), "items": int(dataset.item_num - 1)}))
+    print_result({"params": params, "latency": float(np.median(latencies)), "batch": batch,
+                  "scoring": scoring, "topk": topk, "plain": naive,
+                  "users": int(dataset.user_num - 1), "items": int(dataset.item_num - 1)})
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="teacher vs student inference cost")
@@ -117,11 +116,7 @@ def main(argv=None):
         command = [sys.executable, os.path.abspath(__file__), "--child_dim", str(dim), "--data_path",
                    args.data_path, "--k", str(args.k), "--requests", str(args.requests),
                    "--threads", str(args.threads)]
-        output = subprocess.run(command, capture_output=True, text=True, cwd=tempfile.gettempdir())
-        line = [x for x in output.stdout.splitlines() if x.startswith("RESULT ")]
-        if output.returncode or not line:
-            sys.exit("%s failed:\n%s" % (label, output.stderr[-3000:]))
-        r = json.loads(line[0][len("RESULT "):])
+        r = child_result(command, label)
         rows.append((label, dim, r["params"], r["latency"], r["batch"], r["scoring"], r["topk"], r["plain"]))
         n_users, n_items = r["users"], r["items"]
         print("%s: request %.3f ms, batch %.3f s" % (label, r["latency"] * 1e3, r["batch"]), flush=True)

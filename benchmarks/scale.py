@@ -17,10 +17,8 @@ row measures the same top-N on the paper's split (BPR-200 teacher) for compariso
 """
 
 import argparse
-import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,7 +26,8 @@ import time
 
 import torch
 
-from _common import SHARED_DATA, check_quiet, citeulike_config, environment_line, record
+from _common import (SHARED_DATA, check_quiet, child_result, citeulike_config, environment_line,
+                     print_result, record)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -117,7 +116,7 @@ def child(args):
             batches += 1
         result.update(epoch_s=time.perf_counter() - start, hook_s=hook, batches=batches)
     result["peak_rss_gb"] = peak_rss_gb()
-    print("RESULT " + json.dumps(result), flush=True)
+    print_result(result)
 
 
 def main(argv=None):
@@ -158,11 +157,7 @@ def main(argv=None):
     for label, dataset, data_path, top_only in runs:
         command = [sys.executable, os.path.abspath(__file__), "--child", "--dataset", dataset,
                    "--data_path", data_path, "--threads", str(args.threads)] + (["--top_n_only"] if top_only else [])
-        output = subprocess.run(command, capture_output=True, text=True, cwd=tempfile.gettempdir())
-        line = [x for x in output.stdout.splitlines() if x.startswith("RESULT ")]
-        if output.returncode or not line:
-            sys.exit("%s failed:\n%s" % (label, output.stderr[-3000:]))
-        result = json.loads(line[0][len("RESULT "):])
+        result = child_result(command, label)
         rows.append((label, result))
         print(label, result, flush=True)
     lines = [env, "", "| data | users x items | train interactions | top-N (s) | RSS growth during top-N, peak (GB) "
