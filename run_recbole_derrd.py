@@ -11,6 +11,8 @@ alone and the DE-RRD student side by side.
     python run_recbole_derrd.py --seeds=0,1,2                # mean +- std over seeds
     python run_recbole_derrd.py --resume=saved/DERRD-<time>-last.pth   # after a crash
     python run_recbole_derrd.py --model=BPR                  # any stock RecBole model
+    python run_recbole_derrd.py --compare=all --seeds=0,1,2 --baselines=Pop,ItemKNN \
+        --out_dir=comparison/ml-100k     # Student, RD, CD, DE, RRD, DE-RRD (+ baselines) table
 
 Flags mirror RecBole's run_recbole.py; any ``--key=value`` is a RecBole config override.
 """
@@ -46,6 +48,13 @@ def parse_args(argv):
                         help="comma-separated seeds: side-by-side runs per seed, then mean +- std")
     parser.add_argument("--export_dir", type=str, default=None,
                         help="export the distilled student as a stock RecBole model here")
+    parser.add_argument("--compare", type=str, default=None,
+                        help="'all' (Student,RD,CD,DE,RRD,DERRD) or a comma-separated list: run the "
+                             "resumable comparison and write its tables and plot to --out_dir")
+    parser.add_argument("--baselines", type=str, default="",
+                        help="with --compare: RecBole models to add at the student's size, e.g. Pop,ItemKNN")
+    parser.add_argument("--out_dir", type=str, default="comparison",
+                        help="with --compare: folder of the cells, tables and plot")
     args, _ = parser.parse_known_args(argv)
     return args
 
@@ -58,11 +67,19 @@ def main(argv=None):
         config_file_list = [protocol_file(DEFAULT_PROTOCOL)]
     side_by_side = args.side_by_side.lower() not in ("false", "0", "no")
     distributed = args.nproc > 1 or args.world_size > 0
+    seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()] if args.seeds else None
+    if args.compare:
+        from recbole_derrd.comparison import DEFAULT_METHODS, run_comparison
+
+        methods = (DEFAULT_METHODS if args.compare.lower() in ("all", "true", "1")
+                   else [m.strip() for m in args.compare.split(",") if m.strip()])
+        baselines = [m.strip() for m in args.baselines.split(",") if m.strip()]
+        return run_comparison(args.dataset, config_file_list, methods=methods, baselines=baselines,
+                              seeds=seeds or [0], out_dir=args.out_dir)
     if args.model in PLUGIN_MODELS and side_by_side and not distributed:
         from recbole_derrd.quick_start import run_seeds, run_side_by_side
 
-        if args.seeds:
-            seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+        if seeds:
             return run_seeds(args.model, args.dataset, config_file_list, seeds)
         return run_side_by_side(args.model, args.dataset, config_file_list,
                                 export_dir=args.export_dir)

@@ -54,6 +54,7 @@ setup(
         "setuptools<82",
         "pyyaml>=5.1",
     ],
-    extras_require={"test": ["pytest>=7", "hyperopt==0.2.5"], "tune": ["hyperopt==0.2.5"]},
+    extras_require={"test": ["pytest>=7", "hyperopt==0.2.5", "matplotlib>=3.5"],
+                    "tune": ["hyperopt==0.2.5"], "plot": ["matplotlib>=3.5"]},
     entry_points={"console_scripts": ["recbole-derrd-export=recbole_derrd.export:main"]},
 )

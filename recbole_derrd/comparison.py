@@ -1,0 +1,263 @@
+"""One-command comparison: the student alone, RD, CD, DE, RRD, DE-RRD and any RecBole model,
+on one split, with the same test negatives, over seeds, in the paper's table layout.
+
+Every (method, seed) pair is a *cell* with its own folder under ``<out_dir>/checkpoints``. A
+finished cell's result is written to ``<out_dir>/cells/<method>-seed<s>.json`` and never
+recomputed; an interrupted cell restarts from its last per-epoch checkpoint (``-last.pth``).
+The teacher of each seed is trained once into ``<out_dir>/teachers`` and shared by all
+distilled methods. After the last cell, the tables are written as ``comparison.md``,
+``comparison.csv`` and ``comparison.json``, and (with matplotlib, an optional extra)
+``comparison.png``: accuracy against parameters and against inference time.
+
+    python run_recbole_derrd.py --compare --seeds=0,1,2 --baselines=Pop,ItemKNN \\
+        --out_dir=comparison/ml-100k
+"""
+
+import csv
+import glob
+import json
+import os
+import sys
+import time
+from logging import getLogger
+
+import numpy as np
+
+from recbole_derrd.evaluation import PAIRED_METRICS, paired_test
+
+DISTILLATION_METHODS = ("RD", "CD", "DE", "RRD", "DERRD")
+STUDENT = "Student"
+DEFAULT_METHODS = (STUDENT,) + DISTILLATION_METHODS
+#: the paper's columns
+TABLE_METRICS = tuple("%s@%d" % (m, k) for m in ("hit", "mrr", "ndcg") for k in (5, 10, 20))
+#: stock training keys a RecBole baseline takes from the student, for a like-for-like budget
+SHARED_TRAINING_KEYS = ("embedding_size", "epochs", "stopping_step", "eval_step", "train_batch_size",
+                        "learning_rate", "weight_decay")
+
+
+def _newest(pattern):
+    files = glob.glob(pattern)
+    return max(files, key=os.path.getmtime) if files else None
+
+
+def _cell_path(out_dir, method, seed):
+    return os.path.join(out_dir, "cells", "%s-seed%d.json" % (method, seed))
+
+
+def _inference_seconds(model, users=256, k=20):
+    """Median time to rank the whole catalogue for ``users`` users (top-``k``)."""
+    import torch
+
+    from recbole_derrd.backbones import ADAPTERS
+    from recbole_derrd.inference import recommend
+
+    backbone = getattr(model, "student", model)
+    if type(backbone).__name__ not in ADAPTERS:
+        return None
+    ids = torch.arange(1, min(users + 1, backbone.n_users))
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        recommend(backbone, ids, k=min(k, backbone.n_items - 1))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir):
+    """Train and test one (method, seed) cell; returns its result dict (JSON-ready)."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_logger, init_seed
+
+    from recbole_derrd.config import plugin_owned_keys, student_config
+    from recbole_derrd.quick_start import _train_and_test
+    from recbole_derrd.registration import PLUGIN_MODELS
+
+    cell_dir = os.path.join(out_dir, "checkpoints", "%s-seed%d" % (method, seed))
+    settings = dict(config_dict or {}, seed=seed, checkpoint_dir=cell_dir,
+                    teacher_cache_dir=os.path.join(out_dir, "teachers"))
+    last = _newest(os.path.join(cell_dir, "*-last.pth"))
+    if method == STUDENT or method in PLUGIN_MODELS:
+        plugin = Config(model="DERRD" if method == STUDENT else method, dataset=dataset,
+                        config_file_list=config_file_list, config_dict=settings)
+        config = plugin
+        if method == STUDENT:
+            config = student_config(plugin, plugin_owned_keys(plugin, PLUGIN_MODELS.values()))
+    else:  # a stock RecBole model, trained with the student's budget and size
+        plugin = Config(model="DERRD", dataset=dataset, config_file_list=config_file_list,
+                        config_dict=settings)
+        shared = {key: plugin[key] for key in SHARED_TRAINING_KEYS if plugin[key] is not None}
+        config = Config(model=method, dataset=dataset, config_file_list=config_file_list,
+                        config_dict=dict(shared, **settings))
+    config.final_config_dict["resume"] = last
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    data = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    start = time.perf_counter()
+    result, model, per_user = _train_and_test(config, data, train_data, valid_data, test_data, saved=True)
+    elapsed = time.perf_counter() - start
+    deployable = getattr(model, "student", model)
+    return {
+        "method": method, "seed": seed, "model": config["model"],
+        "test_result": {k: float(v) for k, v in result["test_result"].items()},
+        "best_valid_result": {k: float(v) for k, v in result["best_valid_result"].items()},
+        "parameters": int(sum(p.numel() for p in deployable.parameters())),
+        "train_and_test_seconds": elapsed, "resumed_from": last,
+        "inference_seconds_256_users": _inference_seconds(model),
+        "per_user": {m: np.asarray(per_user[m]).tolist() for m in PAIRED_METRICS if m in per_user},
+        "test_mode": config["eval_args"]["mode"]["test"] if isinstance(config["eval_args"]["mode"], dict)
+        else config["eval_args"]["mode"],
+    }
+
+
+def summarise(cells, methods, seeds):
+    """Mean +- std per method over seeds, best per column, and the paired tests."""
+    rows = []
+    for method in methods:
+        runs = [cells[(method, s)] for s in seeds]
+        metrics = [m for m in TABLE_METRICS if m in runs[0]["test_result"]]
+        values = np.array([[r["test_result"][m] for m in metrics] for r in runs])
+        inference = [r["inference_seconds_256_users"] for r in runs if r["inference_seconds_256_users"]]
+        rows.append({
+            "method": method, "model": runs[0]["model"], "parameters": runs[0]["parameters"],
+            "mean": dict(zip(metrics, values.mean(0).tolist())), "std": dict(zip(metrics, values.std(0).tolist())),
+            "train_seconds": float(np.mean([r["train_and_test_seconds"] for r in runs])),
+            "inference_seconds_256_users": float(np.median(inference)) if inference else None,
+        })
+    metrics = list(rows[0]["mean"])
+    best = {m: max(row["mean"][m] for row in rows) for m in metrics}
+    baselines = [row for row in rows if row["method"] not in (STUDENT,) + DISTILLATION_METHODS[2:]]
+    best_baseline = max(baselines, key=lambda row: row["mean"].get("ndcg@10", 0))["method"] if baselines else None
+
+    def per_user(method):  # per-user metrics averaged over seeds (same split and negatives)
+        return {m: np.mean([cells[(method, s)]["per_user"][m] for s in seeds], axis=0)
+                for m in PAIRED_METRICS}
+
+    tests = []
+    for row in rows:
+        for reference in (STUDENT, best_baseline):
+            if reference is None or reference == row["method"] or STUDENT not in methods:
+                continue
+            for metric in PAIRED_METRICS:
+                t = paired_test(per_user(reference), per_user(row["method"]), metric)
+                tests.append(dict(t, method=row["method"], reference=reference))
+    return {"rows": rows, "metrics": metrics, "best": best, "best_baseline": best_baseline, "tests": tests}
+
+
+def markdown(summary, title):
+    metrics = summary["metrics"]
+    names = [m.replace("hit", "H").replace("mrr", "M").replace("ndcg", "N") for m in metrics]
+    lines = ["## " + title, "", "| method | params | " + " | ".join(names) + " | train (s) |",
+             "|" + " --- |" * (len(metrics) + 3)]
+    for row in summary["rows"]:
+        cells = []
+        for m in metrics:
+            text = "%.4f +- %.4f" % (row["mean"][m], row["std"][m])
+            cells.append("**%s**" % text if row["mean"][m] == summary["best"][m] else text)
+        lines.append("| %s | %s | %s | %.0f |" % (row["method"], format(row["parameters"], ","),
+                                                   " | ".join(cells), row["train_seconds"]))
+    lines += ["", "Bold: best mean per column. Mean +- std over seeds. Best baseline (by N@10, not "
+              "DE/RRD/DE-RRD, not the student): %s." % summary["best_baseline"], "",
+              "| method | vs | metric | mean per-user difference | Wilcoxon p | users |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for t in summary["tests"]:
+        lines.append("| %s | %s | %s | %+.4f | %.3g | %d |" % (t["method"], t["reference"], t["metric"],
+                                                              t["mean_diff"], t["p_value"], t["n_users"]))
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(summary, cells, out_dir, title):
+    """comparison.md / .csv / .json, and comparison.png when matplotlib is installed."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    paths["md"] = os.path.join(out_dir, "comparison.md")
+    with open(paths["md"], "w", encoding="utf-8") as handle:
+        handle.write(markdown(summary, title))
+    paths["csv"] = os.path.join(out_dir, "comparison.csv")
+    with open(paths["csv"], "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "parameters", "train_seconds", "inference_seconds_256_users"]
+                        + ["%s_mean" % m for m in summary["metrics"]] + ["%s_std" % m for m in summary["metrics"]])
+        for row in summary["rows"]:
+            writer.writerow([row["method"], row["parameters"], "%.2f" % row["train_seconds"],
+                             row["inference_seconds_256_users"]]
+                            + ["%.6f" % row["mean"][m] for m in summary["metrics"]]
+                            + ["%.6f" % row["std"][m] for m in summary["metrics"]])
+    paths["json"] = os.path.join(out_dir, "comparison.json")
+    with open(paths["json"], "w", encoding="utf-8") as handle:
+        json.dump({"title": title, **{k: v for k, v in summary.items()},
+                   "cells": [{k: v for k, v in c.items() if k != "per_user"} for c in cells.values()]},
+                  handle, indent=1)
+    paths["png"] = plot(summary, os.path.join(out_dir, "comparison.png"))
+    return paths
+
+
+def plot(summary, path, metric="ndcg@10"):
+    """NDCG@10 against parameters and against inference time; None without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        getLogger().warning("matplotlib is not installed (pip install recbole-derrd[plot]): no plot")
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "parameters", "parameters"),
+                           (axes[1], "inference_seconds_256_users", "seconds to rank the catalogue for 256 users")):
+        for row in summary["rows"]:
+            x = row[key]
+            if x is None or metric not in row["mean"]:
+                continue
+            ax.errorbar(x, row["mean"][metric], yerr=row["std"][metric], fmt="o")
+            ax.annotate(row["method"], (x, row["mean"][metric]), textcoords="offset points", xytext=(4, 4))
+        ax.set_xlabel(label)
+        ax.set_ylabel(metric.upper())
+        ax.set_xscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_comparison(dataset=None, config_file_list=None, config_dict=None, methods=DEFAULT_METHODS,
+                   baselines=(), seeds=(0,), out_dir="comparison", stream=None):
+    """Run every (method, seed) cell not finished yet, then write the tables and the plot."""
+    stream = stream or sys.stdout
+    methods = tuple(methods) + tuple(b for b in baselines if b not in methods)
+    cells = {}
+    todo = [(m, s) for s in seeds for m in methods]
+    for number, (method, seed) in enumerate(todo, 1):
+        path = _cell_path(out_dir, method, seed)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as handle:
+                cells[(method, seed)] = json.load(handle)
+            stream.write("[%d/%d] %s, seed %d: done before, skipped\n" % (number, len(todo), method, seed))
+            continue
+        stream.write("[%d/%d] %s, seed %d: training (epochs are logged by RecBole)\n"
+                     % (number, len(todo), method, seed))
+        stream.flush()
+        result = run_cell(method, seed, dataset, config_file_list, config_dict, out_dir)
+        _write_json_atomically(result, path)
+        cells[(method, seed)] = result
+        stream.write("[%d/%d] %s, seed %d: NDCG@10 %.4f (%.0f s)\n" % (
+            number, len(todo), method, seed, result["test_result"].get("ndcg@10", float("nan")),
+            result["train_and_test_seconds"]))
+    summary = summarise(cells, methods, seeds)
+    title = "%s, seeds %s, test mode %s" % (dataset or (config_dict or {}).get("dataset"), list(seeds),
+                                           cells[(methods[0], seeds[0])]["test_mode"])
+    paths = write_outputs(summary, cells, out_dir, title)
+    stream.write(markdown(summary, title))
+    stream.write("written: %s\n" % ", ".join(p for p in paths.values() if p))
+    return {"summary": summary, "paths": paths, "cells": cells}
+
+
+def _write_json_atomically(result, path):
+    """A crash while writing never leaves a half-written cell (which would count as done)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(result, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,57 @@
+"""The one-command comparison end to end on the tiny dataset: cells, resume, tables, plot."""
+
+import csv
+import glob
+import json
+import os
+
+import pytest
+
+import recbole_derrd.comparison as comparison
+
+
+def test_comparison_writes_tables_and_plot_and_skips_finished_cells(tiny, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    out = str(tmp_path / "cmp")
+    settings = dict(tiny, rd_warmup_epochs=1)
+    report = comparison.run_comparison(config_dict=settings, baselines=["Pop"], seeds=[0], out_dir=out)
+    methods = list(comparison.DEFAULT_METHODS) + ["Pop"]
+    for ext in ("md", "csv", "json", "png"):
+        assert os.path.getsize(os.path.join(out, "comparison." + ext)) > 0
+    table = open(os.path.join(out, "comparison.md")).read()
+    assert all("| %s |" % m in table for m in methods)
+    assert "**" in table and "Wilcoxon" in table
+    with open(os.path.join(out, "comparison.csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["method"] for r in rows] == methods
+    assert all(0 <= float(r["ndcg@10_mean"]) <= 1 for r in rows)
+    data = json.load(open(os.path.join(out, "comparison.json")))
+    assert {t["reference"] for t in data["tests"]} == {"Student", data["best_baseline"]}
+    # the student's parameters are the deployable ones (no experts)
+    params = {r["method"]: int(r["parameters"]) for r in rows}
+    assert params["DERRD"] == params["DE"] == params["Student"]
+    # every method saw the same test users
+    cells = report["cells"]
+    assert len({len(c["per_user"]["ndcg@10"]) for c in cells.values()}) == 1
+
+    # finished cells are never recomputed
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished cell was recomputed")
+
+    monkeypatch.setattr(comparison, "run_cell", no_training)
+    again = comparison.run_comparison(config_dict=settings, baselines=["Pop"], seeds=[0], out_dir=out)
+    assert again["summary"]["rows"] == report["summary"]["rows"]
+    assert "done before, skipped" in capsys.readouterr().out
+
+
+def test_interrupted_cell_restarts_from_its_last_checkpoint(tiny, tmp_path):
+    out = str(tmp_path / "cmp")
+    settings = dict(tiny, epochs=3)
+    comparison.run_comparison(config_dict=settings, methods=["Student", "DE"], seeds=[0], out_dir=out)
+    # as if the DE cell had been killed after its last epoch checkpoint: no result file yet
+    os.remove(os.path.join(out, "cells", "DE-seed0.json"))
+    last = glob.glob(os.path.join(out, "checkpoints", "DE-seed0", "*-last.pth"))
+    assert last
+    report = comparison.run_comparison(config_dict=settings, methods=["Student", "DE"], seeds=[0], out_dir=out)
+    assert report["cells"][("DE", 0)]["resumed_from"] == last[0]
+    assert report["cells"][("Student", 0)]["resumed_from"] is None
