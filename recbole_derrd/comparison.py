@@ -7,7 +7,8 @@ recomputed; an interrupted cell restarts from its last per-epoch checkpoint (``-
 The teacher of each seed is trained once into ``<out_dir>/teachers`` and shared by all
 distilled methods. After the last cell, the tables are written as ``comparison.md``,
 ``comparison.csv`` and ``comparison.json``, and (with matplotlib, an optional extra)
-``comparison.png``: accuracy against parameters and against inference time.
+``comparison.png``: accuracy against parameters and against inference time.  Each seed's
+teacher is prepared before its cells, so no method's train time includes it.
 
     python run_recbole_derrd.py --compare --seeds=0,1,2 --baselines=Pop,ItemKNN \\
         --out_dir=comparison/ml-100k
@@ -109,6 +110,30 @@ def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir):
         "test_mode": config["eval_args"]["mode"]["test"] if isinstance(config["eval_args"]["mode"], dict)
         else config["eval_args"]["mode"],
     }
+
+
+def prepare_seed_teacher(seed, dataset, config_file_list, config_dict, out_dir):
+    """Train (or find cached) the seed's teacher before its cells; returns the seconds spent.
+
+    Done once per seed up front, so no method's train time includes the teacher's.
+    """
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, init_logger, init_seed
+
+    from recbole_derrd.teacher import prepare_teacher
+
+    settings = dict(config_dict or {}, seed=seed,
+                    checkpoint_dir=os.path.join(out_dir, "checkpoints", "teacher-seed%d" % seed),
+                    teacher_cache_dir=os.path.join(out_dir, "teachers"))
+    config = Config(model="DERRD", dataset=dataset, config_file_list=config_file_list, config_dict=settings)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
+    model = get_model("DERRD")(config, train_data._dataset)
+    start = time.perf_counter()
+    prepare_teacher(model, train_data, valid_data, show_progress=config["show_progress"])
+    return time.perf_counter() - start
 
 
 def summarise(cells, methods, seeds):
@@ -225,10 +250,15 @@ def run_comparison(dataset=None, config_file_list=None, config_dict=None, method
     """Run every (method, seed) cell not finished yet, then write the tables and the plot."""
     stream = stream or sys.stdout
     methods = tuple(methods) + tuple(b for b in baselines if b not in methods)
-    cells = {}
+    from recbole_derrd.registration import PLUGIN_MODELS
+
+    cells, teacher_seconds = {}, {}
     todo = [(m, s) for s in seeds for m in methods]
     for number, (method, seed) in enumerate(todo, 1):
         path = _cell_path(out_dir, method, seed)
+        if method in PLUGIN_MODELS and seed not in teacher_seconds and not os.path.exists(path):
+            stream.write("teacher, seed %d: training or loading from %s/teachers\n" % (seed, out_dir))
+            teacher_seconds[seed] = prepare_seed_teacher(seed, dataset, config_file_list, config_dict, out_dir)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as handle:
                 cells[(method, seed)] = json.load(handle)
@@ -246,6 +276,7 @@ def run_comparison(dataset=None, config_file_list=None, config_dict=None, method
     summary = summarise(cells, methods, seeds)
     title = "%s, seeds %s, test mode %s" % (dataset or (config_dict or {}).get("dataset"), list(seeds),
                                            cells[(methods[0], seeds[0])]["test_mode"])
+    summary["teacher_seconds_this_run"] = teacher_seconds
     paths = write_outputs(summary, cells, out_dir, title)
     stream.write(markdown(summary, title))
     stream.write("written: %s\n" % ", ".join(p for p in paths.values() if p))

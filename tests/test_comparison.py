@@ -26,6 +26,9 @@ def test_comparison_writes_tables_and_plot_and_skips_finished_cells(tiny, tmp_pa
     assert [r["method"] for r in rows] == methods
     assert all(0 <= float(r["ndcg@10_mean"]) <= 1 for r in rows)
     data = json.load(open(os.path.join(out, "comparison.json")))
+    # one teacher for the seed, prepared before the cells and shared by the five distilled methods
+    assert list(data["teacher_seconds_this_run"]) == ["0"]
+    assert len(glob.glob(os.path.join(out, "teachers", "*.pth"))) == 1
     assert {t["reference"] for t in data["tests"]} == {"Student", data["best_baseline"]}
     # the student's parameters are the deployable ones (no experts)
     params = {r["method"]: int(r["parameters"]) for r in rows}
