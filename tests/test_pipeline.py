@@ -86,6 +86,33 @@ def test_full_ranking_mode(tiny):
     assert 0 <= result["test_result"]["ndcg@10"] <= 1
 
 
+def test_full_ranking_masks_training_and_validation_items_in_the_test_ranking(tiny):
+    """Protocol check: in full ranking, RecBole masks each user's training items and, for the
+    test pass, the validation item too (it is not left among the test candidates)."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    from recbole_derrd.config import protocol_file
+
+    config = Config(model="DERRD", config_file_list=[protocol_file("loo_full")],
+                    config_dict={k: v for k, v in tiny.items() if k != "eval_args"})
+    init_seed(config["seed"], config["reproducibility"])
+    train, valid, test = data_preparation(config, create_dataset(config))
+    uid, iid = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]
+    valid_item = dict(zip(valid._dataset.inter_feat[uid].tolist(), valid._dataset.inter_feat[iid].tolist()))
+    test_item = dict(zip(test._dataset.inter_feat[uid].tolist(), test._dataset.inter_feat[iid].tolist()))
+    train_items = train._dataset.inter_matrix(form="csr")
+    checked = 0
+    for user in list(test_item)[:20]:
+        masked = set(test.uid2history_item[user].tolist())
+        assert valid_item[user] in masked or valid_item[user] == test_item[user]
+        assert set(train_items[user].indices) <= masked
+        assert test_item[user] not in masked
+        checked += 1
+    assert checked == 20
+
+
 def test_load_data_and_model_plugin_and_stock(tiny, workdir):
     result = run_recbole("DERRD", config_dict=dict(tiny), saved=True)
     path = result["saved_model_file"]
