@@ -42,7 +42,7 @@ setup(
     packages=["recbole_derrd", "recbole_derrd.distillation", "recbole_derrd.model",
               "recbole_derrd.properties"],
     package_dir={"recbole_derrd.properties": "properties"},
-    package_data={"recbole_derrd.properties": ["*.yaml", "model/*.yaml", "protocol/*.yaml"]},
+    package_data={"recbole_derrd.properties": ["*.yaml", "model/*.yaml", "protocol/*.yaml", "tuning/*.hyper"]},
     py_modules=["recbole_derrd_hook"],
     cmdclass={"build_py": BuildWithStartupHook},
     install_requires=[

@@ -13,11 +13,11 @@ from recbole_derrd.registration import PLUGIN_MODELS, register  # noqa: E402
 
 register()
 
-from recbole_derrd.config import protocol_file  # noqa: E402
+from recbole_derrd.config import protocol_file, tuning_file  # noqa: E402
 from recbole_derrd.model import CD, DE, DERRD, RD, RRD, DistilledRecommender  # noqa: E402
 from recbole_derrd.trainer import DistillationTrainer, safe_trainer_class  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["DE", "RRD", "DERRD", "RD", "CD", "DistilledRecommender", "DistillationTrainer",
-           "safe_trainer_class", "PLUGIN_MODELS", "register", "protocol_file", "__version__"]
+           "safe_trainer_class", "PLUGIN_MODELS", "register", "protocol_file", "tuning_file", "__version__"]

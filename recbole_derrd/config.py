@@ -35,6 +35,16 @@ def properties_dir():
     )
 
 
+def tuning_file(model="DERRD"):
+    """Path of a shipped example HyperTuning params file (``DERRD``: the loss weights, K and T
+    the paper tunes; ``CD``: the grid for CD's provisional defaults)."""
+    path = os.path.join(properties_dir(), "tuning", model + ".hyper")
+    if not os.path.isfile(path):
+        available = sorted(f[:-6] for f in os.listdir(os.path.dirname(path)) if f.endswith(".hyper"))
+        raise ValueError("no shipped params file for %r; shipped: %s" % (model, ", ".join(available)))
+    return path
+
+
 def protocol_file(name="loo_uni499"):
     """Path of a shipped evaluation protocol (``loo_uni499``: the paper's; ``loo_full``)."""
     path = os.path.join(properties_dir(), "protocol", name + ".yaml")

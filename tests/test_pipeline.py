@@ -228,6 +228,28 @@ def test_hyper_tuning_uses_plugin_models(tiny, workdir):
     assert tuner.best_params["de_weight"] in (0.01, 0.1)
 
 
+def test_shipped_tuning_files_run_with_hyper_tuning(tiny, workdir):
+    pytest.importorskip("hyperopt", reason="HyperTuning needs the optional hyperopt package")
+    from recbole.quick_start import objective_function
+    from recbole.trainer import HyperTuning
+
+    import recbole_derrd
+
+    fixed = workdir / "fixed.yaml"
+    fixed.write_text(yaml.safe_dump(dict(tiny, model="DERRD", epochs=1, rrd_top_n=50)))  # room for K = 40
+    tuner = HyperTuning(objective_function, algo="random", early_stop=10, max_evals=2,
+                        params_file=recbole_derrd.tuning_file("DERRD"), fixed_config_file_list=[str(fixed)])
+    tuner.run()
+    assert len(tuner.params2result) == 2
+    assert set(tuner.best_params) == {"de_weight", "rrd_weight", "rrd_k", "rrd_temperature"}
+    cd_fixed = workdir / "cd.yaml"
+    cd_fixed.write_text(yaml.safe_dump(dict(tiny, model="CD", epochs=1)))
+    cd_tuner = HyperTuning(objective_function, algo="random", early_stop=10, max_evals=1,
+                           params_file=recbole_derrd.tuning_file("CD"), fixed_config_file_list=[str(cd_fixed)])
+    cd_tuner.run()
+    assert set(cd_tuner.best_params) == {"cd_gamma", "cd_temperature", "cd_samples", "cd_weight"}
+
+
 def test_run_seeds_aggregates_and_pools_same_split(tiny, capsys):
     from recbole_derrd.quick_start import run_seeds
 
