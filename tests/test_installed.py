@@ -68,16 +68,18 @@ def test_properties_found_from_the_wheel(workdir):
     package_file, properties = proc.stdout.strip().splitlines()[-2:]
     assert package_file.startswith(PURELIB) and properties.startswith(PURELIB)
     for name in ("distillation.yaml", "model/DE.yaml", "model/RRD.yaml", "model/DERRD.yaml",
+                 "model/RD.yaml", "model/CD.yaml", "tuning/DERRD.hyper", "tuning/CD.hyper",
                  "protocol/loo_uni499.yaml", "protocol/loo_full.yaml"):
         assert os.path.isfile(os.path.join(properties, name)), name
 
 
-def test_recbole_run_script_finds_plugin_without_import(tiny, workdir):
+@pytest.mark.parametrize("model", ["DERRD", "RD"])
+def test_recbole_run_script_finds_plugin_without_import(tiny, workdir, model):
     script = workdir / "run_recbole.py"
     script.write_text(RECBOLE_RUN_SCRIPT)
     config_file = workdir / "tiny.yaml"
     config_file.write_text(yaml.safe_dump(dict(tiny, epochs=1)))
-    proc = python([str(script), "--model=DERRD", "--dataset=tiny", "--config_files=%s" % config_file,
+    proc = python([str(script), "--model=%s" % model, "--dataset=tiny", "--config_files=%s" % config_file,
                    "--de_weight=0.02"],
                   workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
