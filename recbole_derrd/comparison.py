@@ -228,17 +228,20 @@ def plot(summary, path, metric="ndcg@10"):
         getLogger().warning("matplotlib is not installed (pip install recbole-derrd[plot]): no plot")
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((axes[0], "parameters", "parameters"),
+    for ax, key, label in ((axes[0], "parameters", "trainable parameters"),
                            (axes[1], "inference_seconds_256_users", "seconds to rank the catalogue for 256 users")):
+        xs = []
         for row in summary["rows"]:
             x = row[key]
             if x is None or metric not in row["mean"]:
                 continue
+            xs.append(x)
             ax.errorbar(x, row["mean"][metric], yerr=row["std"][metric], fmt="o")
             ax.annotate(row["method"], (x, row["mean"][metric]), textcoords="offset points", xytext=(4, 4))
         ax.set_xlabel(label)
         ax.set_ylabel(metric.upper())
-        ax.set_xscale("log")
+        if xs and min(xs) > 0 and max(xs) / min(xs) > 20:  # log only where it spreads the points
+            ax.set_xscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

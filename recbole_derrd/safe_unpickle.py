@@ -37,6 +37,10 @@ ALLOWED = {
 #: module prefixes whose RecBole model classes (AbstractRecommender subclasses) are allowed.
 MODEL_MODULE_PREFIXES = ("recbole.model.", "recbole_derrd.model.")
 ENUM_MODULE = "recbole.utils.enum_type"
+#: scipy sparse containers: RecBole's traditional models (ItemKNN, ...) keep their similarity
+#: matrices in checkpoints; they unpickle as numpy arrays set on an instance, nothing runs.
+SPARSE_CONTAINERS = frozenset("%s_%s" % (fmt, kind) for fmt in ("csr", "csc", "coo", "bsr", "dia", "dok", "lil")
+                              for kind in ("matrix", "array"))
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -53,6 +57,12 @@ def resolve(module, name):
         return getattr(importlib.import_module(module), name)
     if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
         return getattr(torch, name)
+    if module.startswith("scipy.sparse") and name in SPARSE_CONTAINERS:
+        import scipy.sparse
+
+        value = getattr(importlib.import_module(module), name, None)
+        if isinstance(value, type) and value is getattr(scipy.sparse, name, None):
+            return value
     if module == ENUM_MODULE:
         value = getattr(importlib.import_module(module), name, None)
         if isinstance(value, type) and issubclass(value, enum.Enum):

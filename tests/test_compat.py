@@ -126,14 +126,26 @@ def test_trusted_loading_is_opt_in_with_warning(tmp_path, monkeypatch):
         compat.load_checkpoint(path)
 
 
-@pytest.mark.parametrize("model", ["BPR", "LightGCN", "NeuMF", "DERRD"])
+@pytest.mark.parametrize("model", ["BPR", "LightGCN", "NeuMF", "DERRD", "RD", "CD", "ItemKNN", "Pop"])
 def test_genuine_recbole_checkpoints_load_safely(tiny, model):
     from recbole_derrd.quick_start import run_recbole
 
     result = run_recbole(model, config_dict=dict(tiny, epochs=1), saved=True)
     checkpoint = compat.load_checkpoint(result["saved_model_file"])
     assert checkpoint["config"]["model"] == model
-    assert checkpoint["state_dict"]
+    assert checkpoint["state_dict"] or checkpoint.get("other_parameter")
+
+
+def test_sparse_matrices_load_but_not_lookalike_globals():
+    import scipy.sparse
+
+    from recbole_derrd import safe_unpickle
+
+    assert safe_unpickle.resolve("scipy.sparse._csc", "csc_matrix") is scipy.sparse.csc_matrix
+    with pytest.raises(safe_unpickle.UnsafeCheckpointError):
+        safe_unpickle.resolve("scipy.sparse", "save_npz")
+    with pytest.raises(safe_unpickle.UnsafeCheckpointError):
+        safe_unpickle.resolve("os", "csr_matrix")
 
 
 def test_safe_trainer_class_covers_the_trainer_family_only():
