@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from recbole_derrd.backbones import adapter_for
+from recbole_derrd.distillation.ranking import mask_pairs
 
 ITEM_BLOCK = 1 << 15
 
@@ -26,28 +27,6 @@ def default_user_block(dim):
     if dim <= 64:
         return 64
     return 256
-
-
-class _Exclusions:
-    """Rows of a scipy CSR (users x items) as torch index pairs, sliced per score block."""
-
-    def __init__(self, exclude, user_ids, device):
-        rows = exclude[user_ids].tocsr()
-        self.indptr = rows.indptr
-        self.cols = torch.as_tensor(rows.indices, dtype=torch.long, device=device)
-        self.row_of = torch.as_tensor(np.repeat(np.arange(len(user_ids)), np.diff(rows.indptr)),
-                                      dtype=torch.long, device=device)
-
-    def mask(self, scores, first_row, item_start):
-        lo, hi = self.indptr[first_row], self.indptr[min(first_row + scores.shape[0], len(self.indptr) - 1)]
-        rows, cols = self.row_of[lo:hi] - first_row, self.cols[lo:hi] - item_start
-        keep = (cols >= 0) & (cols < scores.shape[1])
-        scores[rows[keep], cols[keep]] = -torch.inf
-
-
-def _mask_block(scores, exclude, user_ids, item_start):
-    """Set to -inf the (user, item) pairs of ``exclude`` (scipy CSR) inside this score block."""
-    _Exclusions(exclude, user_ids, scores.device).mask(scores, 0, item_start)
 
 
 @torch.no_grad()
@@ -70,7 +49,7 @@ def top_k_items(user_vectors, item_vectors, k, exclude=None, user_ids=None, skip
     user_block = user_block or default_user_block(user_vectors.shape[1])
     if user_ids is None:
         user_ids = np.arange(n_users)
-    exclusions = _Exclusions(exclude, user_ids, user_vectors.device) if exclude is not None else None
+    excluded = exclude[user_ids].tocsr() if exclude is not None else None  # row i: user_ids[i]
     # Many users: one transposed copy of the item table makes every block a [u, d] @ [d, i]
     # product into a reused buffer; a few users: [i, d] @ [d, u] reads the table as it is.
     few = n_users < 32
@@ -90,8 +69,8 @@ def top_k_items(user_vectors, item_vectors, k, exclude=None, user_ids=None, skip
                                   out=buffer[:len(users), :width])
             if skip_item_zero and item_start == 0:
                 scores[:, 0] = -torch.inf
-            if exclusions is not None:
-                exclusions.mask(scores, start, item_start)
+            if excluded is not None:
+                mask_pairs(scores, excluded, start, item_start)
             values, index = torch.topk(scores, min(k, width), dim=1)
             index += item_start
             if best_scores is not None:
@@ -128,12 +107,13 @@ def recommend(model, users, k=20, exclude=None, user_block=None):
                                user_block=user_block)
         parts_scores, parts_items = [], []
         user_block = user_block or 256
+        excluded = exclude[user_ids].tocsr() if exclude is not None else None
         for start in range(0, len(users), user_block):
             block = users[start:start + user_block]
             scores = adapter.all_scores(block).float()
             scores[:, 0] = -torch.inf
-            if exclude is not None:
-                _mask_block(scores, exclude, user_ids[start:start + user_block], 0)
+            if excluded is not None:
+                mask_pairs(scores, excluded, start)
             values, items = torch.topk(scores, k, dim=1)
             parts_scores.append(values)
             parts_items.append(items)

@@ -25,6 +25,17 @@ def check_room(train_counts, n_items, needed, what):
         )
 
 
+def mask_pairs(scores, pairs, first_row=0, first_col=0):
+    """Set ``scores[r, c]`` to -inf for every stored pair (first_row + r, first_col + c) of the
+    scipy CSR ``pairs`` that falls inside this score block (e.g. a user's training items)."""
+    indptr = pairs.indptr[first_row:first_row + scores.shape[0] + 1]  # straight from the CSR arrays
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    cols = pairs.indices[indptr[0]:indptr[-1]] - first_col
+    keep = (cols >= 0) & (cols < scores.shape[1])
+    scores[torch.as_tensor(rows[keep], dtype=torch.long, device=scores.device),
+           torch.as_tensor(cols[keep], dtype=torch.long, device=scores.device)] = -torch.inf
+
+
 @torch.no_grad()
 def teacher_top_n(score_fn, train_matrix, n, device="cpu", chunk_elements=SCORE_CHUNK_ELEMENTS):
     """Per user, the ``n`` best-scored items that are not training items (nor the padding id 0).
@@ -45,10 +56,7 @@ def teacher_top_n(score_fn, train_matrix, n, device="cpu", chunk_elements=SCORE_
         end = min(start + chunk, n_users)
         users = torch.arange(start, end, device=device)
         scores = score_fn(users).float()
-        block = train_matrix[start:end].tocoo()
-        rows = torch.as_tensor(block.row, dtype=torch.long, device=device)
-        cols = torch.as_tensor(block.col, dtype=torch.long, device=device)
-        scores[rows, cols] = -torch.inf
+        mask_pairs(scores, train_matrix, start)
         scores[:, 0] = -torch.inf
         top[start:end] = torch.topk(scores, n, dim=1).indices.cpu().numpy()
     return top
