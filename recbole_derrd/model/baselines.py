@@ -22,16 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recbole_derrd.distillation import teacher_top_n
 from recbole_derrd.distillation.ranking import check_room
 from recbole_derrd.model.distilled import DistilledRecommender, _non_negative, _positive
 
 #: CD keeps the teacher's ranking down to the depth that holds all but this much probability.
 CD_TAIL_MASS = 1e-6
-
-
-def _train_counts(model, dataset):
-    return np.bincount(dataset.inter_feat[model.USER_ID].numpy(), minlength=model.n_users)
 
 
 class RD(DistilledRecommender):
@@ -47,7 +42,7 @@ class RD(DistilledRecommender):
         self.rd_mu = _positive(config, "rd_mu")
         self.rd_samples = int(_positive(config, "rd_samples"))
         self.rd_warmup = int(_non_negative(config, "rd_warmup_epochs"))
-        check_room(_train_counts(self, dataset), self.n_items, self.rd_k, "rd_k=%d" % self.rd_k)
+        check_room(self.training_counts(dataset), self.n_items, self.rd_k, "rd_k=%d" % self.rd_k)
         positions = torch.arange(1, self.rd_k + 1, dtype=torch.float32)
         static = torch.exp(-positions / self.rd_lambda)
         self.register_buffer("rd_static_weights", static / static.sum(), persistent=False)
@@ -57,8 +52,7 @@ class RD(DistilledRecommender):
     def prepare(self, train_data, valid_data, show_progress=False):
         super().prepare(train_data, valid_data, show_progress=show_progress)
         if self.rd_top is None:
-            train_matrix = train_data._dataset.inter_matrix(form="csr").astype(np.float32)
-            top = teacher_top_n(self.teacher_adapter.all_scores, train_matrix, self.rd_k, device=self.device)
+            top, _ = self.teacher_ranking(train_data, self.rd_k)
             self.rd_top = torch.as_tensor(top, device=self.device)
 
     def rd_weights(self, users, scores):
@@ -98,7 +92,7 @@ class CD(DistilledRecommender):
         self.cd_samples = int(_positive(config, "cd_samples"))
         self.cd_gamma = _positive(config, "cd_gamma")
         self.cd_temperature = _positive(config, "cd_temperature")
-        counts = _train_counts(self, dataset)
+        counts = self.training_counts(dataset)
         self.cd_unobserved = torch.as_tensor((self.n_items - 1) - counts, dtype=torch.float64)
         check_room(counts, self.n_items, 1, "CD")
         # Depth of the teacher ranking kept: where the rank-aware law leaves < CD_TAIL_MASS
@@ -112,9 +106,7 @@ class CD(DistilledRecommender):
     def prepare(self, train_data, valid_data, show_progress=False):
         super().prepare(train_data, valid_data, show_progress=show_progress)
         if self.cd_ranking is None:
-            train_matrix = train_data._dataset.inter_matrix(form="csr").astype(np.float32)
-            ranking = teacher_top_n(self.teacher_adapter.all_scores, train_matrix, self.cd_depth,
-                                    device=self.device)
+            ranking, _ = self.teacher_ranking(train_data, self.cd_depth)
             self.cd_ranking = torch.as_tensor(ranking.astype(np.int32), device=self.device)
 
     def sample_ranks(self, epoch):

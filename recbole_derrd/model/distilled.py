@@ -125,8 +125,7 @@ class DistilledRecommender(GeneralRecommender):
             if self.rrd_sampling not in RRD_SAMPLING:
                 raise ValueError("rrd_sampling=%r must be one of %s" % (self.rrd_sampling, RRD_SAMPLING))
             # Fail before the teacher is trained if some user cannot get N + L distinct items.
-            train_counts = np.bincount(dataset.inter_feat[self.USER_ID].numpy(), minlength=self.n_users)
-            check_room(train_counts, self.n_items, self.rrd_top_n + self.rrd_l,
+            check_room(self.training_counts(dataset), self.n_items, self.rrd_top_n + self.rrd_l,
                        "rrd_top_n + rrd_l = %d" % (self.rrd_top_n + self.rrd_l))
             self.rrd_sampler = None
             self.interesting = self.uninteresting = None
@@ -146,12 +145,21 @@ class DistilledRecommender(GeneralRecommender):
             self.teacher_adapter.begin_step()
             self.teacher_ready = True
         if self.use_rrd and self.rrd_sampler is None:
-            train_matrix = train_data._dataset.inter_matrix(form="csr").astype(np.float32)
-            top = teacher_top_n(self.teacher_adapter.all_scores, train_matrix, self.rrd_top_n,
-                                device=self.device)
+            top, train_matrix = self.teacher_ranking(train_data, self.rrd_top_n)
             self.rrd_sampler = RRDSampler(
                 top, train_matrix, self.rrd_k, self.rrd_l, self.rrd_temperature,
                 mode=self.rrd_sampling, seed=self.config["seed"])
+
+    def training_counts(self, dataset):
+        """Training interactions per user id ([n_users] numpy), for the list-length checks."""
+        return np.bincount(dataset.inter_feat[self.USER_ID].numpy(), minlength=self.n_users)
+
+    def teacher_ranking(self, train_data, depth):
+        """(the teacher's ``depth`` best unobserved items per user [n_users, depth] numpy,
+        the training CSR it excluded); chunked, never a users x items matrix."""
+        train_matrix = train_data._dataset.inter_matrix(form="csr").astype(np.float32)
+        return teacher_top_n(self.teacher_adapter.all_scores, train_matrix, depth,
+                             device=self.device), train_matrix
 
     def start_epoch(self, epoch):
         """Per-epoch state: the annealed Gumbel temperature and fresh RRD lists."""
