@@ -26,7 +26,8 @@ import numpy as np
 
 from recbole_derrd.evaluation import PAIRED_METRICS, paired_test
 
-DISTILLATION_METHODS = ("RD", "CD", "DE", "RRD", "DERRD")
+DERRD_FAMILY = ("DE", "RRD", "DERRD")
+DISTILLATION_METHODS = ("RD", "CD") + DERRD_FAMILY
 STUDENT = "Student"
 DEFAULT_METHODS = (STUDENT,) + DISTILLATION_METHODS
 #: the paper's columns
@@ -64,20 +65,22 @@ def _inference_seconds(model, users=256, k=20):
     return float(np.median(times))
 
 
+def _settings(config_dict, seed, out_dir, folder):
+    """The run's settings for one seed: its own checkpoint folder, the shared teacher cache."""
+    return dict(config_dict or {}, seed=seed, checkpoint_dir=os.path.join(out_dir, "checkpoints", folder),
+                teacher_cache_dir=os.path.join(out_dir, "teachers"))
+
+
 def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir):
     """Train and test one (method, seed) cell; returns its result dict (JSON-ready)."""
     from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import init_logger, init_seed
 
     from recbole_derrd.config import plugin_owned_keys, student_config
-    from recbole_derrd.quick_start import _train_and_test
+    from recbole_derrd.quick_start import _train_and_test, load_data
     from recbole_derrd.registration import PLUGIN_MODELS
 
-    cell_dir = os.path.join(out_dir, "checkpoints", "%s-seed%d" % (method, seed))
-    settings = dict(config_dict or {}, seed=seed, checkpoint_dir=cell_dir,
-                    teacher_cache_dir=os.path.join(out_dir, "teachers"))
-    last = _newest(os.path.join(cell_dir, "*-last.pth"))
+    settings = _settings(config_dict, seed, out_dir, "%s-seed%d" % (method, seed))
+    last = _newest(os.path.join(settings["checkpoint_dir"], "*-last.pth"))
     if method == STUDENT or method in PLUGIN_MODELS:
         plugin = Config(model="DERRD" if method == STUDENT else method, dataset=dataset,
                         config_file_list=config_file_list, config_dict=settings)
@@ -91,10 +94,7 @@ def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir):
         config = Config(model=method, dataset=dataset, config_file_list=config_file_list,
                         config_dict=dict(shared, **settings))
     config.final_config_dict["resume"] = last
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    data = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, data)
+    data, train_data, valid_data, test_data = load_data(config)
     start = time.perf_counter()
     result, model, per_user = _train_and_test(config, data, train_data, valid_data, test_data, saved=True)
     elapsed = time.perf_counter() - start
@@ -118,18 +118,14 @@ def prepare_seed_teacher(seed, dataset, config_file_list, config_dict, out_dir):
     Done once per seed up front, so no method's train time includes the teacher's.
     """
     from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import get_model, init_logger, init_seed
+    from recbole.utils import get_model
 
+    from recbole_derrd.quick_start import load_data
     from recbole_derrd.teacher import prepare_teacher
 
-    settings = dict(config_dict or {}, seed=seed,
-                    checkpoint_dir=os.path.join(out_dir, "checkpoints", "teacher-seed%d" % seed),
-                    teacher_cache_dir=os.path.join(out_dir, "teachers"))
-    config = Config(model="DERRD", dataset=dataset, config_file_list=config_file_list, config_dict=settings)
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
+    config = Config(model="DERRD", dataset=dataset, config_file_list=config_file_list,
+                    config_dict=_settings(config_dict, seed, out_dir, "teacher-seed%d" % seed))
+    _, train_data, valid_data, _ = load_data(config)
     model = get_model("DERRD")(config, train_data._dataset)
     start = time.perf_counter()
     prepare_teacher(model, train_data, valid_data, show_progress=config["show_progress"])
@@ -152,7 +148,7 @@ def summarise(cells, methods, seeds):
         })
     metrics = list(rows[0]["mean"])
     best = {m: max(row["mean"][m] for row in rows) for m in metrics}
-    baselines = [row for row in rows if row["method"] not in (STUDENT,) + DISTILLATION_METHODS[2:]]
+    baselines = [row for row in rows if row["method"] not in (STUDENT,) + DERRD_FAMILY]
     best_baseline = max(baselines, key=lambda row: row["mean"].get("ndcg@10", 0))["method"] if baselines else None
 
     def per_user(method):  # per-user metrics averaged over seeds (same split and negatives)

@@ -28,6 +28,11 @@ from recbole_derrd.trainer import safe_trainer_class
 def _prepare(model, dataset, config_file_list, config_dict):
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
                     config_dict=config_dict)
+    return (config,) + load_data(config)
+
+
+def load_data(config):
+    """RecBole's start of a run for a built ``config``: seed, logger, (dataset, train, valid, test)."""
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -36,7 +41,7 @@ def _prepare(model, dataset, config_file_list, config_dict):
     data = create_dataset(config)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
-    return config, data, train_data, valid_data, test_data
+    return data, train_data, valid_data, test_data
 
 
 def _train_and_test(config, data, train_data, valid_data, test_data, saved=True):
@@ -205,10 +210,7 @@ def load_data_and_model(model_file):
     """RecBole's ``load_data_and_model``, reading the checkpoint with the plugin's loader."""
     checkpoint = load_checkpoint(model_file)
     config = checkpoint["config"]
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    data = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, data)
+    data, train_data, valid_data, test_data = load_data(config)
     init_seed(config["seed"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     model.load_state_dict(checkpoint["state_dict"])
