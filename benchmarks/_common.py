@@ -44,6 +44,26 @@ def environment_line(command):
                torch.__version__, torch.get_num_threads(), *load))
 
 
+def add_common_arguments(parser, data_path=True):
+    """The flags every benchmark takes: where the data is, threads, and whether to record."""
+    if data_path:
+        parser.add_argument("--data_path", default=SHARED_DATA)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no_record", action="store_true", help="print only")
+    parser.add_argument("--force", action="store_true", help="run on a busy machine, never record")
+    parser.add_argument("--max_load", type=float, default=0.7)
+
+
+def require_citeulike(data_path):
+    if not os.path.isdir(os.path.join(data_path, "citeulike")):
+        sys.exit("CiteULike not found under %s (see ../shared/datasets/README.md)" % data_path)
+
+
+def record_allowed(args):
+    """Whether the result may go to RESULTS.md; call before measuring (exits on a busy machine)."""
+    return not args.no_record and check_quiet(args.max_load, args.force)
+
+
 def check_quiet(max_load, force):
     """Refuse to record when the machine is busy (the 1-minute load average)."""
     load = os.getloadavg()[0]

@@ -28,8 +28,8 @@ import time
 import numpy as np
 import torch
 
-from _common import (SHARED_DATA, check_quiet, child_result, citeulike_config, environment_line,
-                     median_seconds, print_result, record)
+from _common import (add_common_arguments, child_result, citeulike_config, environment_line,
+                     median_seconds, print_result, record, record_allowed, require_citeulike)
 
 PHIS = (1.0, 0.5, 0.1)
 TEACHER_DIM = 200
@@ -87,22 +87,17 @@ def child(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="teacher vs student inference cost")
-    parser.add_argument("--data_path", default=SHARED_DATA)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--accuracy", help="JSON {phi: student accuracy / teacher accuracy}")
-    parser.add_argument("--no_record", action="store_true")
-    parser.add_argument("--force", action="store_true")
-    parser.add_argument("--max_load", type=float, default=0.7)
+    add_common_arguments(parser)
     parser.add_argument("--child_dim", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]
     if args.child_dim:
         return child(args)
-    if not os.path.isdir(os.path.join(args.data_path, "citeulike")):
-        sys.exit("CiteULike not found under %s (see ../shared/datasets/README.md)" % args.data_path)
-    quiet = args.no_record or check_quiet(args.max_load, args.force)
+    require_citeulike(args.data_path)
+    allowed = record_allowed(args)
     accuracy = {}
     if args.accuracy:
         with open(args.accuracy, encoding="utf-8") as handle:
@@ -137,7 +132,7 @@ def main(argv=None):
     lines += ["", "Scoring / top-k: the batch path's two halves timed apart (same blocks and layout). Top-k "
               "costs about the same at every dimension, so the batch speed-up is bounded by "
               "(teacher scoring + top-k) / top-k."]
-    record("inference.py", lines, enabled=quiet and not args.no_record)
+    record("inference.py", lines, enabled=allowed)
 
 
 if __name__ == "__main__":

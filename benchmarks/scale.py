@@ -26,8 +26,8 @@ import time
 
 import torch
 
-from _common import (SHARED_DATA, check_quiet, child_result, citeulike_config, environment_line,
-                     print_result, record)
+from _common import (SHARED_DATA, add_common_arguments, child_result, citeulike_config, environment_line,
+                     print_result, record, record_allowed)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -125,11 +125,8 @@ def main(argv=None):
     parser.add_argument("--users", type=int, default=200000)
     parser.add_argument("--items", type=int, default=100000)
     parser.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "recbole_derrd_synthetic"))
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    add_common_arguments(parser, data_path=False)
     parser.add_argument("--skip_citeulike", action="store_true")
-    parser.add_argument("--no_record", action="store_true")
-    parser.add_argument("--force", action="store_true")
-    parser.add_argument("--max_load", type=float, default=0.7)
     # internal: the per-size child process
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
@@ -140,7 +137,7 @@ def main(argv=None):
         return child(args)
     from recbole_derrd.synthetic import generate, write_atomic
 
-    quiet = args.no_record or check_quiet(args.max_load, args.force)
+    allowed = record_allowed(args)
     env = environment_line("python benchmarks/scale.py --interactions %s --users %d --items %d"
                            % (args.interactions, args.users, args.items))
     runs = []
@@ -172,7 +169,7 @@ def main(argv=None):
     lines += ["", "BPR 64 -> BPR 16 (CiteULike row: top-N only, BPR-200 teacher), N = 500, K = L = 40, "
               "M = 30 experts, tau = 1 (dense DE), batch 1024, fused Adam; untrained teacher shell; "
               "evaluation excluded. Each size runs in its own process."]
-    record("scale.py", lines, enabled=quiet and not args.no_record)
+    record("scale.py", lines, enabled=allowed)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,11 @@ remain and of denormal weights, so a regression (a slow-down at small tau) shows
 """
 
 import argparse
-import os
 import sys
 
 import torch
 
-from _common import SHARED_DATA, check_quiet, environment_line, record
+from _common import add_common_arguments, environment_line, record, record_allowed, require_citeulike
 from train_overhead import prepared, time_epochs
 
 TAUS = (1.0, 0.3, 0.1, 1e-2, 1e-4)
@@ -44,16 +43,11 @@ def weight_stats(model, train, tau):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="DE-RRD epoch time over the tau schedule")
-    parser.add_argument("--data_path", default=SHARED_DATA)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=1024)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--no_record", action="store_true")
-    parser.add_argument("--force", action="store_true")
-    parser.add_argument("--max_load", type=float, default=0.7)
+    add_common_arguments(parser)
     args = parser.parse_args(argv)
-    if not os.path.isdir(os.path.join(args.data_path, "citeulike")):
-        sys.exit("CiteULike not found under %s (see ../shared/datasets/README.md)" % args.data_path)
+    require_citeulike(args.data_path)
     sys.argv = sys.argv[:1]
     import recbole_derrd  # noqa: F401
     from recbole_derrd.distillation import experts as experts_module
@@ -61,7 +55,7 @@ def main(argv=None):
     default_fraction = experts_module.SPARSE_MAX_ACTIVE_FRACTION
 
     torch.set_num_threads(args.threads)
-    quiet = args.no_record or check_quiet(args.max_load, args.force)
+    allowed = record_allowed(args)
     env = environment_line("python benchmarks/tau_sweep.py --epochs %d" % args.epochs)
     lines = [env, "", "| tau | weights kept | denormal weights (exact) | epoch (s), plugin defaults "
              "| epoch (s), every weight, always dense |", "| --- | --- | --- | --- | --- |"]
@@ -88,7 +82,7 @@ def main(argv=None):
             times[1], times[1] / student_time))
     lines += ["", "Student alone (BPR-20): %.2f s/epoch. Weights: user-side selection on 5 batches "
               "(untrained selection network, so the choice is as spread as it gets)." % student_time]
-    record("tau_sweep.py", lines, enabled=quiet and not args.no_record)
+    record("tau_sweep.py", lines, enabled=allowed)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,14 @@ The teacher is an untrained BPR-200 shell: its weights do not change the cost.
 """
 
 import argparse
-import os
 import statistics
 import sys
 import time
 
 import torch
 
-from _common import SHARED_DATA, check_quiet, citeulike_config, environment_line, matmul_rate, record
+from _common import (add_common_arguments, citeulike_config, environment_line, matmul_rate, record,
+                     record_allowed, require_citeulike)
 
 ROWS = [  # (label, model, tau)
     ("Student alone (BPR-20)", "BPR", None),
@@ -120,25 +120,20 @@ def profile(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="training overhead of DE / RRD / DE-RRD")
-    parser.add_argument("--data_path", default=SHARED_DATA)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=1024)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--no_record", action="store_true", help="print only")
-    parser.add_argument("--force", action="store_true", help="run on a busy machine, never record")
-    parser.add_argument("--max_load", type=float, default=0.7)
+    add_common_arguments(parser)
     parser.add_argument("--profile", metavar="MODEL", help="print the top ops of 30 batches instead")
     parser.add_argument("--tau", type=float, default=1.0, help="tau for --profile")
     args = parser.parse_args(argv)
-    if not os.path.isdir(os.path.join(args.data_path, "citeulike")):
-        sys.exit("CiteULike not found under %s (see ../shared/datasets/README.md)" % args.data_path)
+    require_citeulike(args.data_path)
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from argv
     import recbole_derrd  # noqa: F401
 
     torch.set_num_threads(args.threads)
     if args.profile:
         return profile(args)
-    quiet = args.no_record or check_quiet(args.max_load, args.force)
+    allowed = record_allowed(args)
     env = environment_line("python benchmarks/train_overhead.py --epochs %d --batch_size %d"
                            % (args.epochs, args.batch_size))
     rate = matmul_rate()
@@ -167,7 +162,7 @@ def main(argv=None):
             label, median, median / base, hook_time, "%.2f" % setup if setup else "-", vs_floor))
     lines += ["", "Setup = teacher top-N (N = 500, chunked) + sampler construction; hook = per-epoch "
               "RRD list sampling for all users and the tau update."]
-    record("train_overhead.py", lines, enabled=quiet and not args.no_record)
+    record("train_overhead.py", lines, enabled=allowed)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from recbole.quick_start import run_recbole as stock_run_recbole
 from scipy.stats import chisquare
 

@@ -232,13 +232,13 @@ class DistillationExperts(nn.Module):
         in place; otherwise each tile gathers its expert's weights.
         """
         m, h, d_s, d_t = self.num_experts, self.hidden, self.student_dim, self.teacher_dim
-        size = _tile_rows(counts)
         if m * max(counts) <= 2 * len(x):  # balanced: one tile per expert, weights in place
             size = max(counts)
             tile_expert = None
             starts = torch.tensor([0] + counts[:-1]).cumsum(0)
             lengths = torch.tensor(counts)
         else:
+            size = _tile_rows(counts)
             tile_expert, starts, lengths, offset = [], [], [], 0
             for expert, count in enumerate(counts):
                 for first in range(0, count, size):
