@@ -10,7 +10,7 @@ distilled methods. After the last cell, the tables are written as ``comparison.m
 ``comparison.png``: accuracy against parameters and against inference time.  Each seed's
 teacher is prepared before its cells, so no method's train time includes it.
 
-    python run_recbole_derrd.py --compare --seeds=0,1,2 --baselines=Pop,ItemKNN \\
+    python run_recbole_derrd.py --compare=all --seeds=0,1,2 --baselines=Pop,ItemKNN \\
         --out_dir=comparison/ml-100k
 """
 

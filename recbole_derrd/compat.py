@@ -207,15 +207,23 @@ def _distributed_data_parallel(module, device_ids=None, **kwargs):
     return DistributedDataParallel(module, device_ids=None if on_cpu else device_ids, **kwargs)
 
 
+def patch_method(cls, function):
+    """Replace ``cls.<function.__name__>`` by ``function``, which reaches the replaced method as
+    ``function.original``; applying the same patch again does nothing."""
+    current = getattr(cls, function.__name__)
+    if getattr(current, "_recbole_derrd", False):
+        return
+    function.original = current
+    function._recbole_derrd = True
+    setattr(cls, function.__name__, function)
+
+
 def install_cpu_distributed():
     """Patch RecBole's two CUDA-only spots of its distributed path (idempotent)."""
     import recbole.trainer.trainer as trainer_module
     from recbole.config import Config
 
-    if not getattr(Config._init_device, "_recbole_derrd", False):
-        _init_device.original = Config._init_device
-        _init_device._recbole_derrd = True
-        Config._init_device = _init_device
+    patch_method(Config, _init_device)
     trainer_module.DistributedDataParallel = _distributed_data_parallel
 
 

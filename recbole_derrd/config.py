@@ -35,23 +35,24 @@ def properties_dir():
     )
 
 
+def _shipped_file(folder, name, suffix, unknown):
+    """``properties/<folder>/<name><suffix>``, or a ValueError listing what ships there."""
+    path = os.path.join(properties_dir(), folder, name + suffix)
+    if not os.path.isfile(path):
+        available = sorted(f[:-len(suffix)] for f in os.listdir(os.path.dirname(path)) if f.endswith(suffix))
+        raise ValueError(unknown % (name, ", ".join(available)))
+    return path
+
+
 def tuning_file(model="DERRD"):
     """Path of a shipped example HyperTuning params file (``DERRD``: the loss weights, K and T
     the paper tunes; ``CD``: the grid for CD's provisional defaults)."""
-    path = os.path.join(properties_dir(), "tuning", model + ".hyper")
-    if not os.path.isfile(path):
-        available = sorted(f[:-6] for f in os.listdir(os.path.dirname(path)) if f.endswith(".hyper"))
-        raise ValueError("no shipped params file for %r; shipped: %s" % (model, ", ".join(available)))
-    return path
+    return _shipped_file("tuning", model, ".hyper", "no shipped params file for %r; shipped: %s")
 
 
 def protocol_file(name="loo_uni499"):
     """Path of a shipped evaluation protocol (``loo_uni499``: the paper's; ``loo_full``)."""
-    path = os.path.join(properties_dir(), "protocol", name + ".yaml")
-    if not os.path.isfile(path):
-        available = sorted(f[:-5] for f in os.listdir(os.path.dirname(path)) if f.endswith(".yaml"))
-        raise ValueError("unknown protocol %r; shipped protocols: %s" % (name, ", ".join(available)))
-    return path
+    return _shipped_file("protocol", name, ".yaml", "unknown protocol %r; shipped protocols: %s")
 
 
 def recbole_properties_dir():

@@ -18,6 +18,7 @@ from recbole.config import Config
 from recbole.utils import get_model
 
 from recbole_derrd import config as plugin_config
+from recbole_derrd.compat import patch_method
 from recbole_derrd.data_checks import check_dataset_files
 from recbole_derrd.model import baselines, distilled
 from recbole_derrd.trainer import DistillationTrainer
@@ -53,19 +54,10 @@ def _set_default_parameters(self):
         check_dataset_files(self)
 
 
-def _patch(cls, function):
-    current = getattr(cls, function.__name__)
-    if getattr(current, "_recbole_derrd", False):
-        return
-    function.original = current
-    function._recbole_derrd = True
-    setattr(cls, function.__name__, function)
-
-
 def register():
     """Register models, trainers and the Config hooks with RecBole (idempotent)."""
     for name, model_class in PLUGIN_MODELS.items():
         sys.modules["%s.%s" % (MODEL_PACKAGE, name.lower())] = sys.modules[model_class.__module__]
         setattr(recbole.trainer, name + "Trainer", DistillationTrainer)
-    _patch(Config, _load_internal_config_dict)
-    _patch(Config, _set_default_parameters)
+    patch_method(Config, _load_internal_config_dict)
+    patch_method(Config, _set_default_parameters)
