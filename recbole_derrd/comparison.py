@@ -169,7 +169,7 @@ def summarise(cells, methods, seeds):
 def markdown(summary, title):
     metrics = summary["metrics"]
     names = [m.replace("hit", "H").replace("mrr", "M").replace("ndcg", "N") for m in metrics]
-    lines = ["## " + title, "", "| method | params | " + " | ".join(names) + " | train (s) |",
+    lines = ["## " + title, "", "| method | params | " + " | ".join(names) + " | train + test (s) |",
              "|" + " --- |" * (len(metrics) + 3)]
     for row in summary["rows"]:
         cells = []
