@@ -49,7 +49,7 @@ def parse_args(argv):
     parser.add_argument("--export_dir", type=str, default=None,
                         help="export the distilled student as a stock RecBole model here")
     parser.add_argument("--compare", type=str, default=None,
-                        help="'all' (Student,RD,CD,DE,RRD,DERRD) or a comma-separated list: run the "
+                        help="'all' (Teacher,Student,RD,CD,DE,RRD,DERRD) or a comma-separated list: run the "
                              "resumable comparison and write its tables and plot to --out_dir")
     parser.add_argument("--baselines", type=str, default="",
                         help="with --compare: RecBole models to add at the student's size, e.g. Pop,ItemKNN")

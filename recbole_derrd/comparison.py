@@ -1,5 +1,5 @@
-"""One-command comparison: the student alone, RD, CD, DE, RRD, DE-RRD and any RecBole model,
-on one split, with the same test negatives, over seeds, in the paper's table layout.
+"""One-command comparison: the teacher, the student alone, RD, CD, DE, RRD, DE-RRD and any
+RecBole model, on one split, with the same test negatives, over seeds, in the paper's layout.
 
 Every (method, seed) pair is a *cell* with its own folder under ``<out_dir>/checkpoints``. A
 finished cell's result is written to ``<out_dir>/cells/<method>-seed<s>.json`` and never
@@ -29,7 +29,9 @@ from recbole_derrd.evaluation import PAIRED_METRICS, paired_test
 DERRD_FAMILY = ("DE", "RRD", "DERRD")
 DISTILLATION_METHODS = ("RD", "CD") + DERRD_FAMILY
 STUDENT = "Student"
-DEFAULT_METHODS = (STUDENT,) + DISTILLATION_METHODS
+#: the seed's teacher itself, tested with the same negatives (its training is the pre-step)
+TEACHER = "Teacher"
+DEFAULT_METHODS = (TEACHER, STUDENT) + DISTILLATION_METHODS
 #: the paper's columns
 TABLE_METRICS = tuple("%s@%d" % (m, k) for m in ("hit", "mrr", "ndcg") for k in (5, 10, 20))
 #: stock training keys a RecBole baseline takes from the student, for a like-for-like budget
@@ -79,6 +81,8 @@ def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir):
     from recbole_derrd.quick_start import _train_and_test, load_data
     from recbole_derrd.registration import PLUGIN_MODELS
 
+    if method == TEACHER:
+        return _teacher_cell(seed, dataset, config_file_list, config_dict, out_dir)
     settings = _settings(config_dict, seed, out_dir, "%s-seed%d" % (method, seed))
     last = _newest(os.path.join(settings["checkpoint_dir"], "*-last.pth"))
     if method == STUDENT or method in PLUGIN_MODELS:
@@ -107,16 +111,36 @@ def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir):
         "train_and_test_seconds": elapsed, "resumed_from": last,
         "inference_seconds_256_users": _inference_seconds(model),
         "per_user": {m: np.asarray(per_user[m]).tolist() for m in PAIRED_METRICS if m in per_user},
-        "test_mode": config["eval_args"]["mode"]["test"] if isinstance(config["eval_args"]["mode"], dict)
-        else config["eval_args"]["mode"],
+        "test_mode": _test_mode(config),
+        **cell_epochs(settings["checkpoint_dir"]),
     }
 
 
-def prepare_seed_teacher(seed, dataset, config_file_list, config_dict, out_dir):
-    """Train (or find cached) the seed's teacher before its cells; returns the seconds spent.
+def _test_mode(config):
+    mode = config["eval_args"]["mode"]
+    return mode["test"] if isinstance(mode, dict) else mode
 
-    Done once per seed up front, so no method's train time includes the teacher's.
+
+def cell_epochs(checkpoint_dir):
+    """{'best_epoch', 'last_epoch'} read from a cell's checkpoints (RecBole counts from 0).
+
+    ``last_epoch`` is the last evaluated epoch: below the ``epochs`` cap minus one, early
+    stopping ended the run; at it, the cap did (and the method may not have converged).
     """
+    from recbole_derrd.compat import load_checkpoint
+
+    last = _newest(os.path.join(checkpoint_dir, "*-last.pth"))
+    best = [f for f in glob.glob(os.path.join(checkpoint_dir, "*.pth")) if not f.endswith("-last.pth")]
+    epochs = {"best_epoch": None, "last_epoch": None}
+    if best:
+        epochs["best_epoch"] = int(load_checkpoint(max(best, key=os.path.getmtime), map_location="cpu")["epoch"])
+    if last:
+        epochs["last_epoch"] = int(load_checkpoint(last, map_location="cpu")["epoch"])
+    return epochs
+
+
+def _seed_teacher(seed, dataset, config_file_list, config_dict, out_dir):
+    """(DERRD model holding the seed's trained teacher, its config, test data, seconds spent)."""
     from recbole.config import Config
     from recbole.utils import get_model
 
@@ -125,11 +149,38 @@ def prepare_seed_teacher(seed, dataset, config_file_list, config_dict, out_dir):
 
     config = Config(model="DERRD", dataset=dataset, config_file_list=config_file_list,
                     config_dict=_settings(config_dict, seed, out_dir, "teacher-seed%d" % seed))
-    _, train_data, valid_data, _ = load_data(config)
+    _, train_data, valid_data, test_data = load_data(config)
     model = get_model("DERRD")(config, train_data._dataset)
     start = time.perf_counter()
     prepare_teacher(model, train_data, valid_data, show_progress=config["show_progress"])
-    return time.perf_counter() - start
+    return model, config, test_data, time.perf_counter() - start
+
+
+def _teacher_cell(seed, dataset, config_file_list, config_dict, out_dir):
+    """The teacher's own row: tested like every cell (re-seeded, same negatives)."""
+    from recbole_derrd.quick_start import _teacher_row
+
+    model, config, test_data, _ = _seed_teacher(seed, dataset, config_file_list, config_dict, out_dir)
+    start = time.perf_counter()
+    row, per_user = _teacher_row(model, config, test_data)
+    elapsed = time.perf_counter() - start
+    return {
+        "method": TEACHER, "seed": seed, "model": model.teacher_config["model"],
+        "test_result": {k: float(v) for k, v in row["test_result"].items()},
+        "best_valid_result": None, "parameters": int(row["parameters"]),
+        "train_and_test_seconds": None, "test_seconds": elapsed, "resumed_from": None,
+        "inference_seconds_256_users": _inference_seconds(model.teacher),
+        "per_user": {m: np.asarray(per_user[m]).tolist() for m in PAIRED_METRICS if m in per_user},
+        "test_mode": _test_mode(config), "best_epoch": None, "last_epoch": None,
+    }
+
+
+def prepare_seed_teacher(seed, dataset, config_file_list, config_dict, out_dir):
+    """Train (or find cached) the seed's teacher before its cells; returns the seconds spent.
+
+    Done once per seed up front, so no method's train time includes the teacher's.
+    """
+    return _seed_teacher(seed, dataset, config_file_list, config_dict, out_dir)[3]
 
 
 def summarise(cells, methods, seeds):
@@ -143,12 +194,14 @@ def summarise(cells, methods, seeds):
         rows.append({
             "method": method, "model": runs[0]["model"], "parameters": runs[0]["parameters"],
             "mean": dict(zip(metrics, values.mean(0).tolist())), "std": dict(zip(metrics, values.std(0).tolist())),
-            "train_seconds": float(np.mean([r["train_and_test_seconds"] for r in runs])),
+            "train_seconds": _mean_or_none([r["train_and_test_seconds"] for r in runs]),
+            "epochs": ["%s/%s" % (r.get("best_epoch"), r.get("last_epoch")) for r in runs],
             "inference_seconds_256_users": float(np.median(inference)) if inference else None,
         })
     metrics = list(rows[0]["mean"])
-    best = {m: max(row["mean"][m] for row in rows) for m in metrics}
-    baselines = [row for row in rows if row["method"] not in (STUDENT,) + DERRD_FAMILY]
+    contenders = [row for row in rows if row["method"] != TEACHER] or rows
+    best = {m: max(row["mean"][m] for row in contenders) for m in metrics}
+    baselines = [row for row in rows if row["method"] not in (TEACHER, STUDENT) + DERRD_FAMILY]
     best_baseline = max(baselines, key=lambda row: row["mean"].get("ndcg@10", 0))["method"] if baselines else None
 
     def per_user(method):  # per-user metrics averaged over seeds (same split and negatives)
@@ -166,20 +219,28 @@ def summarise(cells, methods, seeds):
     return {"rows": rows, "metrics": metrics, "best": best, "best_baseline": best_baseline, "tests": tests}
 
 
+def _mean_or_none(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 def markdown(summary, title):
     metrics = summary["metrics"]
     names = [m.replace("hit", "H").replace("mrr", "M").replace("ndcg", "N") for m in metrics]
-    lines = ["## " + title, "", "| method | params | " + " | ".join(names) + " | train + test (s) |",
-             "|" + " --- |" * (len(metrics) + 3)]
+    lines = ["## " + title, "", "| method | params | " + " | ".join(names)
+             + " | train + test (s) | best/last epoch |", "|" + " --- |" * (len(metrics) + 4)]
     for row in summary["rows"]:
         cells = []
         for m in metrics:
             text = "%.4f +- %.4f" % (row["mean"][m], row["std"][m])
-            cells.append("**%s**" % text if row["mean"][m] == summary["best"][m] else text)
-        lines.append("| %s | %s | %s | %.0f |" % (row["method"], format(row["parameters"], ","),
-                                                   " | ".join(cells), row["train_seconds"]))
-    lines += ["", "Bold: best mean per column. Mean +- std over seeds. Best baseline (by N@10, not "
-              "DE/RRD/DE-RRD, not the student): %s." % summary["best_baseline"], "",
+            best = row["method"] != TEACHER and row["mean"][m] == summary["best"][m]
+            cells.append("**%s**" % text if best else text)
+        seconds = "-" if row["train_seconds"] is None else "%.0f" % row["train_seconds"]
+        lines.append("| %s | %s | %s | %s | %s |" % (row["method"], format(row["parameters"], ","),
+                                                     " | ".join(cells), seconds, ", ".join(row["epochs"])))
+    lines += ["", "Bold: best mean per column, the teacher excepted. Mean +- std over seeds. Epochs "
+              "count from 0, one entry per seed (the teacher's are in its cache). Best baseline (by "
+              "N@10, not the teacher, DE/RRD/DE-RRD or the student): %s." % summary["best_baseline"], "",
               "| method | vs | metric | mean per-user difference | Wilcoxon p | users |",
               "| --- | --- | --- | --- | --- | --- |"]
     for t in summary["tests"]:
@@ -201,7 +262,8 @@ def write_outputs(summary, cells, out_dir, title):
         writer.writerow(["method", "parameters", "train_seconds", "inference_seconds_256_users"]
                         + ["%s_mean" % m for m in summary["metrics"]] + ["%s_std" % m for m in summary["metrics"]])
         for row in summary["rows"]:
-            writer.writerow([row["method"], row["parameters"], "%.2f" % row["train_seconds"],
+            writer.writerow([row["method"], row["parameters"],
+                             "" if row["train_seconds"] is None else "%.2f" % row["train_seconds"],
                              row["inference_seconds_256_users"]]
                             + ["%.6f" % row["mean"][m] for m in summary["metrics"]]
                             + ["%.6f" % row["std"][m] for m in summary["metrics"]])
@@ -255,12 +317,16 @@ def run_comparison(dataset=None, config_file_list=None, config_dict=None, method
     todo = [(m, s) for s in seeds for m in methods]
     for number, (method, seed) in enumerate(todo, 1):
         path = _cell_path(out_dir, method, seed)
-        if method in PLUGIN_MODELS and seed not in teacher_seconds and not os.path.exists(path):
+        if ((method in PLUGIN_MODELS or method == TEACHER) and seed not in teacher_seconds
+                and not os.path.exists(path)):
             stream.write("teacher, seed %d: training or loading from %s/teachers\n" % (seed, out_dir))
             teacher_seconds[seed] = prepare_seed_teacher(seed, dataset, config_file_list, config_dict, out_dir)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as handle:
                 cells[(method, seed)] = json.load(handle)
+            if "best_epoch" not in cells[(method, seed)]:  # a cell written by version 0.2.0
+                cells[(method, seed)].update(cell_epochs(
+                    _settings(config_dict, seed, out_dir, "%s-seed%d" % (method, seed))["checkpoint_dir"]))
             stream.write("[%d/%d] %s, seed %d: done before, skipped\n" % (number, len(todo), method, seed))
             continue
         stream.write("[%d/%d] %s, seed %d: training (epochs are logged by RecBole)\n"
@@ -271,7 +337,7 @@ def run_comparison(dataset=None, config_file_list=None, config_dict=None, method
         cells[(method, seed)] = result
         stream.write("[%d/%d] %s, seed %d: NDCG@10 %.4f (%.0f s)\n" % (
             number, len(todo), method, seed, result["test_result"].get("ndcg@10", float("nan")),
-            result["train_and_test_seconds"]))
+            result["train_and_test_seconds"] or result.get("test_seconds", 0)))
     summary = summarise(cells, methods, seeds)
     title = "%s, seeds %s, test mode %s" % (dataset or (config_dict or {}).get("dataset"), list(seeds),
                                            cells[(methods[0], seeds[0])]["test_mode"])

@@ -32,7 +32,17 @@ def test_comparison_writes_tables_and_plot_and_skips_finished_cells(tiny, tmp_pa
     assert {t["reference"] for t in data["tests"]} == {"Student", data["best_baseline"]}
     # the student's parameters are the deployable ones (no experts)
     params = {r["method"]: int(r["parameters"]) for r in rows}
-    assert params["DERRD"] == params["DE"] == params["Student"]
+    assert params["DERRD"] == params["DE"] == params["Student"] < params["Teacher"]
+    # the teacher's row is its own test with the same negatives, not a training cell
+    teacher = report["cells"][("Teacher", 0)]
+    assert teacher["train_and_test_seconds"] is None and teacher["test_seconds"] > 0
+    assert "| Teacher |" in table and rows[0]["train_seconds"] == ""
+    # bold marks the best student-sized method, never the teacher
+    assert all("**" not in cell for cell in table.split("| Teacher |")[1].split("\n")[0].split("|"))
+    # every trained cell says where its best and last evaluations were (tiny: eval every epoch)
+    for (method, _), cell in report["cells"].items():
+        if method not in ("Teacher", "Pop"):
+            assert 0 <= cell["best_epoch"] <= cell["last_epoch"] < settings["epochs"], method
     # every method saw the same test users
     cells = report["cells"]
     assert len({len(c["per_user"]["ndcg@10"]) for c in cells.values()}) == 1
