@@ -160,7 +160,10 @@ def _teacher_cell(seed, dataset, config_file_list, config_dict, out_dir):
     """The teacher's own row: tested like every cell (re-seeded, same negatives)."""
     from recbole_derrd.quick_start import _teacher_row
 
+    from recbole_derrd.compat import load_checkpoint
+
     model, config, test_data, _ = _seed_teacher(seed, dataset, config_file_list, config_dict, out_dir)
+    best_epoch = load_checkpoint(model.teacher_file, map_location="cpu").get("epoch")
     start = time.perf_counter()
     row, per_user = _teacher_row(model, config, test_data)
     elapsed = time.perf_counter() - start
@@ -171,7 +174,7 @@ def _teacher_cell(seed, dataset, config_file_list, config_dict, out_dir):
         "train_and_test_seconds": None, "test_seconds": elapsed, "resumed_from": None,
         "inference_seconds_256_users": _inference_seconds(model.teacher),
         "per_user": {m: np.asarray(per_user[m]).tolist() for m in PAIRED_METRICS if m in per_user},
-        "test_mode": _test_mode(config), "best_epoch": None, "last_epoch": None,
+        "test_mode": _test_mode(config), "best_epoch": best_epoch, "last_epoch": None,
     }
 
 
@@ -195,7 +198,7 @@ def summarise(cells, methods, seeds):
             "method": method, "model": runs[0]["model"], "parameters": runs[0]["parameters"],
             "mean": dict(zip(metrics, values.mean(0).tolist())), "std": dict(zip(metrics, values.std(0).tolist())),
             "train_seconds": _mean_or_none([r["train_and_test_seconds"] for r in runs]),
-            "epochs": ["%s/%s" % (r.get("best_epoch"), r.get("last_epoch")) for r in runs],
+            "epochs": [_epochs_text(r) for r in runs],
             "inference_seconds_256_users": float(np.median(inference)) if inference else None,
         })
     metrics = list(rows[0]["mean"])
@@ -219,6 +222,11 @@ def summarise(cells, methods, seeds):
     return {"rows": rows, "metrics": metrics, "best": best, "best_baseline": best_baseline, "tests": tests}
 
 
+def _epochs_text(cell):
+    """'best/last' evaluated epoch; '-' where unknown (a teacher's last epoch is not kept)."""
+    return "/".join("-" if cell.get(key) is None else str(cell[key]) for key in ("best_epoch", "last_epoch"))
+
+
 def _mean_or_none(values):
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
@@ -239,7 +247,7 @@ def markdown(summary, title):
         lines.append("| %s | %s | %s | %s | %s |" % (row["method"], format(row["parameters"], ","),
                                                      " | ".join(cells), seconds, ", ".join(row["epochs"])))
     lines += ["", "Bold: best mean per column, the teacher excepted. Mean +- std over seeds. Epochs "
-              "count from 0, one entry per seed (the teacher's are in its cache). Best baseline (by "
+              "count from 0, one entry per seed (the teacher: its best epoch only). Best baseline (by "
               "N@10, not the teacher, DE/RRD/DE-RRD or the student): %s." % summary["best_baseline"], "",
               "| method | vs | metric | mean per-user difference | Wilcoxon p | users |",
               "| --- | --- | --- | --- | --- | --- |"]

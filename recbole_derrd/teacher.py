@@ -175,7 +175,10 @@ def train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress=
 
 
 def prepare_teacher(model, train_data, valid_data, show_progress=False):
-    """Fill ``model.teacher`` with trained weights; leave it frozen in eval mode."""
+    """Fill ``model.teacher`` with trained weights; leave it frozen in eval mode.
+
+    ``model.teacher_file`` records the checkpoint the weights came from (given or cached).
+    """
     config, tconfig, teacher = model.config, model.teacher_config, model.teacher
     logger = getLogger()
     fingerprint = data_fingerprint(train_data._dataset, valid_data._dataset if valid_data else None)
@@ -185,6 +188,7 @@ def prepare_teacher(model, train_data, valid_data, show_progress=False):
         verify_checkpoint(checkpoint, given, tconfig, fingerprint)
         _load_weights(teacher, checkpoint["state_dict"], given)
         logger.info("Teacher loaded from teacher_checkpoint %s" % given)
+        model.teacher_file = given
     else:
         description = cache_description(tconfig, fingerprint)
         path = cache_path(config, tconfig, cache_key(description))
@@ -199,6 +203,7 @@ def prepare_teacher(model, train_data, valid_data, show_progress=False):
             if is_main_process():
                 _write_cache(path, tconfig, best, teacher, description)
             logger.info("Teacher saved to cache %s" % path)
+        model.teacher_file = path
     teacher.zero_grad(set_to_none=True)  # drop gradients left over from its own training
     teacher.eval().requires_grad_(False)
     return teacher

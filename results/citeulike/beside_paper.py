@@ -1,0 +1,58 @@
+"""Print our CiteULike tables beside the paper's Table 2 (phi = 0.1, LOO + 499 negatives).
+
+    python results/citeulike/beside_paper.py results/citeulike/bpr-seed0/comparison.json ...
+
+Reads the ``comparison.json`` files written by ``run_recbole_derrd.py --compare`` and prints, per
+method, our mean (over the file's seeds) and the paper's value for H@5, N@5, H@10, N@10, with
+the relative gain over the student alone in each (the paper's "improvement" view).
+"""
+
+import json
+import sys
+
+METRICS = ("hit@5", "ndcg@5", "hit@10", "ndcg@10")
+#: Kang et al. (CIKM 2020), Table 2, CiteULike, phi = 0.1 (transcribed in the issue tracker).
+PAPER = {
+    "BPR": {
+        "Teacher": (.5135, .3970, .6185, .4310), "Student": (.4441, .3319, .5541, .3691),
+        "RD": (.4533, .3395, .5601, .3740), "CD": (.4550, .3404, .5607, .3746),
+        "DE": (.4817, .3625, .5916, .3977), "RRD": (.4622, .3461, .5703, .3809),
+        "DERRD": (.4843, .3632, .5966, .3989),
+    },
+    "NeuMF": {
+        "Teacher": (.4790, .3684, .5827, .4020), "Student": (.3867, .2865, .4909, .3202),
+        "DERRD": (.4758, .3518, .5805, .3856),
+    },
+}
+
+
+def table(path, backbone="BPR"):
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    paper = PAPER[backbone]
+    ours = {row["method"]: row for row in data["rows"]}
+    names = [m.replace("hit", "H").replace("ndcg", "N") for m in METRICS]
+    lines = ["### " + data["title"], "",
+             "| method | " + " | ".join("%s ours | %s paper" % (n, n) for n in names)
+             + " | N@10 vs student: ours | paper |", "|" + " --- |" * (2 * len(METRICS) + 3)]
+    student = ours.get("Student")
+    for method, row in ours.items():
+        cells = []
+        for i, metric in enumerate(METRICS):
+            reported = paper.get(method)
+            mean = "%.4f" % row["mean"][metric]
+            if row["std"][metric] > 0:  # several seeds
+                mean += " +- %.4f" % row["std"][metric]
+            cells.append("%s | %s" % (mean, "%.4f" % reported[i] if reported else "-"))
+        gain_ours = gain_paper = "-"
+        if student and method != "Student":
+            gain_ours = "%+.1f%%" % (100 * (row["mean"]["ndcg@10"] / student["mean"]["ndcg@10"] - 1))
+            if method in paper:
+                gain_paper = "%+.1f%%" % (100 * (paper[method][3] / paper["Student"][3] - 1))
+        lines.append("| %s | %s | %s | %s |" % (method, " | ".join(cells), gain_ours, gain_paper))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    for path in sys.argv[1:]:
+        print(table(path))
