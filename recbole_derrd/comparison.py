@@ -337,8 +337,9 @@ def run_comparison(dataset=None, config_file_list=None, config_dict=None, method
                     _settings(config_dict, seed, out_dir, "%s-seed%d" % (method, seed))["checkpoint_dir"]))
             stream.write("[%d/%d] %s, seed %d: done before, skipped\n" % (number, len(todo), method, seed))
             continue
-        stream.write("[%d/%d] %s, seed %d: training (epochs are logged by RecBole)\n"
-                     % (number, len(todo), method, seed))
+        stream.write("[%d/%d] %s, seed %d: %s\n" % (
+            number, len(todo), method, seed,
+            "testing" if method == TEACHER else "training (epochs are logged by RecBole)"))
         stream.flush()
         result = run_cell(method, seed, dataset, config_file_list, config_dict, out_dir)
         _write_json_atomically(result, path)
