@@ -158,9 +158,8 @@ def _seed_teacher(seed, dataset, config_file_list, config_dict, out_dir):
 
 def _teacher_cell(seed, dataset, config_file_list, config_dict, out_dir):
     """The teacher's own row: tested like every cell (re-seeded, same negatives)."""
-    from recbole_derrd.quick_start import _teacher_row
-
     from recbole_derrd.compat import load_checkpoint
+    from recbole_derrd.quick_start import _teacher_row
 
     model, config, test_data, _ = _seed_teacher(seed, dataset, config_file_list, config_dict, out_dir)
     best_epoch = load_checkpoint(model.teacher_file, map_location="cpu").get("epoch")
@@ -332,7 +331,7 @@ def run_comparison(dataset=None, config_file_list=None, config_dict=None, method
         if os.path.exists(path):
             with open(path, encoding="utf-8") as handle:
                 cells[(method, seed)] = json.load(handle)
-            if "best_epoch" not in cells[(method, seed)]:  # a cell written by version 0.2.0
+            if "best_epoch" not in cells[(method, seed)]:  # written before cells recorded epochs
                 cells[(method, seed)].update(cell_epochs(
                     _settings(config_dict, seed, out_dir, "%s-seed%d" % (method, seed))["checkpoint_dir"]))
             stream.write("[%d/%d] %s, seed %d: done before, skipped\n" % (number, len(todo), method, seed))
