@@ -102,7 +102,8 @@ def main(argv=None):
     if args.accuracy:
         with open(args.accuracy, encoding="utf-8") as handle:
             accuracy = {float(key): value for key, value in json.load(handle).items()}
-    env = environment_line("python benchmarks/inference.py --k %d --requests %d" % (args.k, args.requests))
+    env = environment_line("python benchmarks/inference.py --k %d --requests %d%s" % (
+        args.k, args.requests, " --accuracy " + args.accuracy if args.accuracy else ""))
     rows = []
     for label, dim in [("teacher (200)", TEACHER_DIM)] + [("student phi=%g (%d)" % (phi, int(TEACHER_DIM * phi)),
                                                            int(TEACHER_DIM * phi)) for phi in PHIS]:
