@@ -157,12 +157,14 @@ def _seed_teacher(seed, dataset, config_file_list, config_dict, out_dir):
 
 
 def _teacher_cell(seed, dataset, config_file_list, config_dict, out_dir):
-    """The teacher's own row: tested like every cell (re-seeded, same negatives)."""
-    from recbole_derrd.compat import load_checkpoint
+    """The teacher's own row: tested like every cell (re-seeded, same negatives).
+
+    It prepares (trains or loads) the seed's teacher itself; ``teacher_prepare_seconds`` is that time.
+    """
     from recbole_derrd.quick_start import _teacher_row
 
-    model, config, test_data, _ = _seed_teacher(seed, dataset, config_file_list, config_dict, out_dir)
-    best_epoch = load_checkpoint(model.teacher_file, map_location="cpu").get("epoch")
+    model, config, test_data, prepare_seconds = _seed_teacher(seed, dataset, config_file_list,
+                                                              config_dict, out_dir)
     start = time.perf_counter()
     row, per_user = _teacher_row(model, config, test_data)
     elapsed = time.perf_counter() - start
@@ -171,9 +173,10 @@ def _teacher_cell(seed, dataset, config_file_list, config_dict, out_dir):
         "test_result": {k: float(v) for k, v in row["test_result"].items()},
         "best_valid_result": None, "parameters": int(row["parameters"]),
         "train_and_test_seconds": None, "test_seconds": elapsed, "resumed_from": None,
+        "teacher_prepare_seconds": prepare_seconds,
         "inference_seconds_256_users": _inference_seconds(model.teacher),
         "per_user": {m: np.asarray(per_user[m]).tolist() for m in PAIRED_METRICS if m in per_user},
-        "test_mode": _test_mode(config), "best_epoch": best_epoch, "last_epoch": None,
+        "test_mode": _test_mode(config), "best_epoch": model.teacher_epoch, "last_epoch": None,
     }
 
 
@@ -324,16 +327,12 @@ def run_comparison(dataset=None, config_file_list=None, config_dict=None, method
     todo = [(m, s) for s in seeds for m in methods]
     for number, (method, seed) in enumerate(todo, 1):
         path = _cell_path(out_dir, method, seed)
-        if ((method in PLUGIN_MODELS or method == TEACHER) and seed not in teacher_seconds
-                and not os.path.exists(path)):
+        if method in PLUGIN_MODELS and seed not in teacher_seconds and not os.path.exists(path):
             stream.write("teacher, seed %d: training or loading from %s/teachers\n" % (seed, out_dir))
             teacher_seconds[seed] = prepare_seed_teacher(seed, dataset, config_file_list, config_dict, out_dir)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as handle:
                 cells[(method, seed)] = json.load(handle)
-            if "best_epoch" not in cells[(method, seed)]:  # written before cells recorded epochs
-                cells[(method, seed)].update(cell_epochs(
-                    _settings(config_dict, seed, out_dir, "%s-seed%d" % (method, seed))["checkpoint_dir"]))
             stream.write("[%d/%d] %s, seed %d: done before, skipped\n" % (number, len(todo), method, seed))
             continue
         stream.write("[%d/%d] %s, seed %d: %s\n" % (
@@ -343,6 +342,8 @@ def run_comparison(dataset=None, config_file_list=None, config_dict=None, method
         result = run_cell(method, seed, dataset, config_file_list, config_dict, out_dir)
         _write_json_atomically(result, path)
         cells[(method, seed)] = result
+        if method == TEACHER:  # the Teacher cell prepared the seed's teacher: no pre-step after it
+            teacher_seconds.setdefault(seed, result["teacher_prepare_seconds"])
         stream.write("[%d/%d] %s, seed %d: NDCG@10 %.4f (%.0f s)\n" % (
             number, len(todo), method, seed, result["test_result"].get("ndcg@10", float("nan")),
             result["train_and_test_seconds"] or result.get("test_seconds", 0)))

@@ -177,7 +177,7 @@ def train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress=
 def prepare_teacher(model, train_data, valid_data, show_progress=False):
     """Fill ``model.teacher`` with trained weights; leave it frozen in eval mode.
 
-    ``model.teacher_file`` records the checkpoint the weights came from (given or cached).
+    ``model.teacher_epoch`` records the epoch of the loaded (best) checkpoint, None if unknown.
     """
     config, tconfig, teacher = model.config, model.teacher_config, model.teacher
     logger = getLogger()
@@ -188,7 +188,6 @@ def prepare_teacher(model, train_data, valid_data, show_progress=False):
         verify_checkpoint(checkpoint, given, tconfig, fingerprint)
         _load_weights(teacher, checkpoint["state_dict"], given)
         logger.info("Teacher loaded from teacher_checkpoint %s" % given)
-        model.teacher_file = given
     else:
         description = cache_description(tconfig, fingerprint)
         path = cache_path(config, tconfig, cache_key(description))
@@ -199,11 +198,11 @@ def prepare_teacher(model, train_data, valid_data, show_progress=False):
             _load_weights(teacher, checkpoint["state_dict"], path)
             logger.info("Teacher loaded from cache %s" % path)
         else:
-            best = train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress)
+            checkpoint = train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress)
             if is_main_process():
-                _write_cache(path, tconfig, best, teacher, description)
+                _write_cache(path, tconfig, checkpoint, teacher, description)
             logger.info("Teacher saved to cache %s" % path)
-        model.teacher_file = path
+    model.teacher_epoch = checkpoint.get("epoch")
     teacher.zero_grad(set_to_none=True)  # drop gradients left over from its own training
     teacher.eval().requires_grad_(False)
     return teacher

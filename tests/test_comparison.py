@@ -37,6 +37,8 @@ def test_comparison_writes_tables_and_plot_and_skips_finished_cells(tiny, tmp_pa
     teacher = report["cells"][("Teacher", 0)]
     assert teacher["train_and_test_seconds"] is None and teacher["test_seconds"] > 0
     assert 0 <= teacher["best_epoch"] < settings["t_epochs"] and teacher["last_epoch"] is None
+    # the Teacher cell prepared the seed's teacher itself: no separate pre-step loaded it again
+    assert data["teacher_seconds_this_run"]["0"] == teacher["teacher_prepare_seconds"]
     assert "| Teacher |" in table and rows[0]["train_seconds"] == ""
     # bold marks the best student-sized method, never the teacher
     assert all("**" not in cell for cell in table.split("| Teacher |")[1].split("\n")[0].split("|"))
