@@ -7,18 +7,62 @@ adding a backbone means adding one small class to :data:`ADAPTERS`.
 """
 
 import torch
+import torch.nn.functional as F
+
+from recbole_derrd.distillation.workspace import ScratchPool
 
 
 def gathered_dot(user_table, item_table, users, items):
     """[U] users, [U, X] items -> [U, X] dot products of their rows in the two tables.
 
-    ``index_select`` + multiply-sum instead of ``nn.Embedding`` + ``bmm``: on CPU the
-    embedding's backward sorts every index and a batch of [X, d] @ [d, 1] products is slow;
-    this form is several times faster for RRD's [users, K + L] score lists.
+    RRD scores every batch user against its K + L listed items (~74k pairs per CiteULike
+    batch), which makes this the hot spot of RRD; see :class:`_GatheredDot` for the backward.
     """
-    user_e = user_table.index_select(0, users)  # [U, d]
-    item_e = item_table.index_select(0, items.reshape(-1)).view(*items.shape, -1)  # [U, X, d]
-    return (item_e * user_e.unsqueeze(1)).sum(-1)
+    return _GatheredDot.apply(user_table, item_table, users, items)
+
+
+class _GatheredDot(torch.autograd.Function):
+    """Gather + multiply-sum forward; a backward without autograd's pass over [U, X, d].
+
+    The user gradient sum_x g[u, x] V[i(u, x)] is one weighted ``embedding_bag`` (no [U, X, d]
+    tensor); the item gradient is one ``index_add_`` of the outer products g[u, x] U[u].  The
+    two [U * X, d] temporaries (gathered rows, outer products) live in a scratch pool.
+    Measured on CPU (benchmarks/train_overhead.py) against autograd through ``index_select``,
+    whose backward is a scatter over an expanded index.
+    """
+
+    pool = ScratchPool()
+
+    @staticmethod
+    def forward(ctx, user_table, item_table, users, items):
+        pool = _GatheredDot.pool
+        user_e = user_table.index_select(0, users)  # [U, d]
+        flat = items.reshape(-1)
+        item_e = torch.index_select(item_table, 0, flat, out=pool.take((len(flat), item_table.shape[1]),
+                                                                      item_table))
+        scores = torch.linalg.vecdot(item_e.view(*items.shape, -1), user_e.unsqueeze(1))
+        pool.give(item_e)
+        ctx.save_for_backward(user_table, item_table, users, items, user_e)
+        return scores
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        user_table, item_table, users, items, user_e = ctx.saved_tensors
+        grad = grad.to(item_table.dtype)
+        grad_users = grad_items = None
+        if ctx.needs_input_grad[0]:
+            summed = F.embedding_bag(items.reshape(-1, items.shape[-1]), item_table,
+                                     per_sample_weights=grad.reshape(-1, items.shape[-1]), mode="sum")
+            grad_users = torch.zeros_like(user_table).index_add_(0, users, summed.view(*users.shape, -1))
+        if ctx.needs_input_grad[1]:
+            pool = _GatheredDot.pool
+            outer = pool.take((*items.shape, user_e.shape[-1]), user_e)
+            torch.mul(grad.unsqueeze(-1), user_e.unsqueeze(1), out=outer)
+            grad_items = torch.zeros_like(item_table).index_add_(0, items.reshape(-1),
+                                                                 outer.view(-1, user_e.shape[-1]))
+            pool.give(outer)
+        return grad_users, grad_items, None, None
 
 
 class BackboneAdapter:
@@ -142,7 +186,7 @@ class NeuMFAdapter(BackboneAdapter):
 
     model_names = ("NeuMF",)
     #: (user, item) pairs scored per forward pass when ranking the whole catalogue.
-    PAIRS_PER_PASS = 1 << 18
+    PAIRS_PER_PASS = 1 << 16
 
     @property
     def user_dim(self):
@@ -163,6 +207,40 @@ class NeuMFAdapter(BackboneAdapter):
         return self.model.forward(flat_users, items.reshape(-1)).view(items.shape)
 
     def all_scores(self, users):
+        """NeuMF logits of ``users`` against every item, with the MLP's first layer split.
+
+        W [u; i] + b = (W_u u + b) + W_i i: the user and item halves of the first layer are
+        applied once per user and once per item instead of once per pair, which removes
+        the largest product of NeuMF's per-pair work (e.g. 4/5 of it for mlp 250 -> [250,
+        125]); the GMF part is one [users, items] product.  Dropout is the identity in
+        eval mode, which this needs: a model in training mode is scored pair by pair.
+        """
+        model = self.model
+        n_items = model.n_items
+        if model.training:
+            return self._all_scores_pairwise(users)
+        weight, bias = model.predict_layer.weight[0], model.predict_layer.bias
+        scores = bias.expand(len(users), n_items).clone()
+        mf_size = model.mf_embedding_size if model.mf_train else 0
+        if model.mf_train:
+            user_mf = model.user_mf_embedding(users) * weight[:mf_size]
+            scores.addmm_(user_mf, model.item_mf_embedding.weight.t())
+        if model.mlp_train:
+            modules = list(model.mlp_layers.mlp_layers)
+            first = next(i for i, m in enumerate(modules) if isinstance(m, torch.nn.Linear))
+            layer, rest = modules[first], torch.nn.Sequential(*modules[first + 1:])
+            half = model.mlp_embedding_size
+            user_part = torch.addmm(layer.bias, model.user_mlp_embedding(users), layer.weight[:, :half].t())
+            item_part = model.item_mlp_embedding.weight @ layer.weight[:, half:].t()
+            w_mlp = weight[mf_size:]
+            step = max(1, self.PAIRS_PER_PASS // n_items)
+            for start in range(0, len(users), step):
+                block = user_part[start:start + step]
+                hidden = (block.unsqueeze(1) + item_part.unsqueeze(0)).view(-1, item_part.shape[1])
+                scores[start:start + step] += (rest(hidden) @ w_mlp).view(len(block), n_items)
+        return scores
+
+    def _all_scores_pairwise(self, users):
         n_items = self.model.n_items
         all_items = torch.arange(n_items, device=users.device)
         step = max(1, self.PAIRS_PER_PASS // n_items)

@@ -100,14 +100,15 @@ def test_initialisation_like_linear():
 
 def test_dense_backward_pass_gradcheck():
     """The hand-written backward pass against finite differences (float64)."""
-    from recbole_derrd.distillation.experts import _DenseMixture, _ScratchPool
+    from recbole_derrd.distillation.experts import _DenseMixture
+    from recbole_derrd.distillation.workspace import ScratchPool
 
     torch.manual_seed(0)
     experts = DistillationExperts(3, 5, num_experts=4).double()
     params = [p.detach().clone().requires_grad_() for p in (experts.w1, experts.b1, experts.w2, experts.b2)]
     x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     weights = torch.softmax(torch.randn(6, 4, dtype=torch.float64), -1).requires_grad_()
-    pool = _ScratchPool()
+    pool = ScratchPool()
     assert torch.autograd.gradcheck(lambda *a: _DenseMixture.apply(*a, pool), (x, weights, *params))
 
 

@@ -223,6 +223,9 @@ def test_neumf_catalogue_scores_match_pairwise_scores(tiny):
                                       "item_id": items.reshape(-1)}).view(len(users), -1)
     torch.testing.assert_close(torch.sigmoid(full), pairwise)
     torch.testing.assert_close(pairwise, direct)
+    # the split first layer (eval mode) against the pair-by-pair forward, in logits
+    assert not net.teacher.training
+    torch.testing.assert_close(full, adapter._all_scores_pairwise(users), rtol=1e-5, atol=1e-5)
 
 
 def test_shipped_protocols(tiny):

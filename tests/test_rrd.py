@@ -69,6 +69,34 @@ def test_spread_beyond_float64_range_takes_logspace_path():
     assert torch.isfinite(s.grad).all() and torch.isfinite(u.grad).all()
 
 
+def test_hand_written_gradient_matches_finite_differences():
+    gen = torch.Generator().manual_seed(3)
+    s = (2 * torch.randn(5, 6, generator=gen, dtype=torch.float64)).requires_grad_()
+    u = (2 * torch.randn(5, 3, generator=gen, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(relaxed_ranking_loss, (s, u))
+
+
+def test_scores_gathered_from_tables_match_autograd_in_value_and_gradient():
+    from recbole_derrd.backbones import gathered_dot
+
+    gen = torch.Generator().manual_seed(4)
+    users = torch.tensor([0, 3, 6, 3])  # a repeated user and repeated items must accumulate
+    items = torch.tensor([[1, 2, 3], [4, 5, 1], [10, 9, 2], [1, 1, 7]])
+    tables = [torch.randn(n, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+              for n in (7, 11)]
+    assert torch.autograd.gradcheck(lambda a, b: gathered_dot(a, b, users, items), tables)
+    weights = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    (gathered_dot(*tables, users, items) * weights).sum().backward()
+    ours = [t.grad.clone() for t in tables]
+    for t in tables:
+        t.grad = None
+    reference = (tables[1][items] * tables[0][users].unsqueeze(1)).sum(-1)
+    (reference * weights).sum().backward()
+    assert torch.allclose(gathered_dot(*tables, users, items), reference)
+    for mine, theirs in zip(ours, (t.grad for t in tables)):
+        assert torch.allclose(mine, theirs)
+
+
 def test_loss_prefers_teacher_order():
     u = torch.tensor([[-1.0, -1.0]])
     assert relaxed_ranking_loss(torch.tensor([[3.0, 2.0, 1.0]]), u) < \

@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recbole_derrd.distillation.workspace import Lease, ScratchPool
+
 GUMBEL_EPS = 1e-10
 
 
@@ -55,55 +57,6 @@ def expert_hidden_size(student_dim, teacher_dim):
 SPARSE_MAX_ACTIVE_FRACTION = 0.25
 
 
-class _ScratchPool:
-    """Reuses the large [M*h, n] scratch tensors of the dense path from one step to the next.
-
-    A freshly allocated multi-MB tensor costs page faults on first touch (about 3 ms per 12 MB
-    on the 2-core benchmark machine: as much as the arithmetic on it), so buffers are handed
-    back and reused.  Tensors saved for a backward pass come back only when autograd frees
-    that graph (see :class:`_Lease`), so a retained graph is never overwritten.  Never pickled
-    or deep-copied with the module.
-    """
-
-    KEEP = 6
-
-    def __init__(self):
-        self._free = []
-
-    def take(self, shape, like):
-        numel = math.prod(shape)
-        for i, buf in enumerate(self._free):
-            if buf.numel() >= numel and buf.dtype == like.dtype and buf.device == like.device:
-                return self._free.pop(i)[:numel].view(shape)
-        return like.new_empty(shape)
-
-    def give(self, *tensors):
-        for tensor in tensors:
-            base = tensor if tensor._base is None else tensor._base
-            self._free.append(base.view(-1))
-        self._free.sort(key=lambda buf: -buf.numel())
-        del self._free[self.KEEP:]
-
-    def __deepcopy__(self, memo):
-        return _ScratchPool()
-
-    def __getstate__(self):
-        return {}
-
-    def __setstate__(self, state):
-        self._free = []
-
-
-class _Lease:
-    """Gives its tensors back to the pool when garbage-collected (with the autograd graph)."""
-
-    def __init__(self, pool, *tensors):
-        self.pool, self.tensors = pool, tensors
-
-    def __del__(self):
-        self.pool.give(*self.tensors)
-
-
 class _DenseMixture(torch.autograd.Function):
     """sum_m w[:, m] * (relu(x W1_m + b1_m) W2_m + b2_m) for all M experts at once.
 
@@ -124,7 +77,7 @@ class _DenseMixture(torch.autograd.Function):
         out = torch.addmm(weights @ b2, mixed.t(), w2)
         ctx.save_for_backward(x_aug, weights, w1, w2, b2)
         ctx.pool, ctx.hidden, ctx.mixed = pool, hidden, mixed
-        ctx.lease = _Lease(pool, hidden, mixed)
+        ctx.lease = Lease(pool, hidden, mixed)
         return out
 
     @staticmethod
@@ -184,7 +137,7 @@ class DistillationExperts(nn.Module):
         self.w2 = nn.Parameter(self._uniform((m * h, teacher_dim), h))
         self.b2 = nn.Parameter(self._uniform((m, teacher_dim), h))
         self.selection = nn.Linear(teacher_dim, m) if m > 1 else None
-        self._scratch = _ScratchPool()
+        self._scratch = ScratchPool()
 
     @staticmethod
     def _uniform(shape, fan_in):
