@@ -3,7 +3,8 @@
 Runs on the DE-RRD paper's CiteULike split (``../shared/datasets/citeulike``; pass another
 ``--data_path`` for your copy), BPR 200 -> BPR 20, the same batch size and the same RecBole
 data loader for every method.  Reports the median epoch time (including the per-epoch RRD
-sampling and tau update), its ratio to the student alone, and for DE the arithmetic floor:
+sampling and tau update; rows are timed round-robin, one epoch each in turn, after one untimed
+warm-up epoch each), its ratio to the student alone, and for DE the arithmetic floor:
 the FLOPs of M experts on every unique user and item of every batch (forward + backward)
 divided by the median rate of a 2048^3 fp32 matmul measured in this process, with the same
 thread count.  DE rows are measured at tau = 1 (every expert carries weight: dense path) and
@@ -63,29 +64,49 @@ def prepared(model_name, data_path, batch_size, tau):
     return model, train, hook, setup
 
 
-def time_epochs(model, train, epochs, hook=None):
-    """Median wall time of a training epoch, and of its per-epoch hook alone.
+class EpochTimer:
+    """One row of the table: a prepared model, its optimizer, and its timed epochs.
 
     Every row, the student alone included, uses the fused Adam the plugin's trainer uses.
     """
-    from recbole_derrd.trainer import fused_adam
 
-    optimizer = fused_adam(torch.optim.Adam(model.parameters(), lr=1e-3))
-    totals, hooks = [], []
-    for epoch in range(epochs):
+    def __init__(self, model, train, hook=None):
+        from recbole_derrd.trainer import fused_adam
+
+        self.model, self.train, self.hook = model, train, hook
+        self.optimizer = fused_adam(torch.optim.Adam(model.parameters(), lr=1e-3))
+        self.epoch = 0
+        self.totals, self.hooks = [], []
+
+    def run_epoch(self):
         start = time.perf_counter()
-        if hook:
-            hook(epoch)
+        if self.hook:
+            self.hook(self.epoch)
         hooked = time.perf_counter()
-        for batch in train:
-            loss = model.calculate_loss(batch)
+        for batch in self.train:
+            loss = self.model.calculate_loss(batch)
             loss = sum(loss) if isinstance(loss, tuple) else loss
-            optimizer.zero_grad()
+            self.optimizer.zero_grad()
             loss.backward()
-            optimizer.step()
-        totals.append(time.perf_counter() - start)
-        hooks.append(hooked - start)
-    return statistics.median(totals), statistics.median(hooks)
+            self.optimizer.step()
+        self.totals.append(time.perf_counter() - start)
+        self.hooks.append(hooked - start)
+        self.epoch += 1
+
+    def medians(self):
+        return statistics.median(self.totals), statistics.median(self.hooks)
+
+
+def time_round_robin(timers, epochs):
+    """Epoch e of every row, then epoch e + 1 of every row, ...: a slow spell of a shared
+    machine then hits every row alike instead of one row's whole measurement."""
+    for timer in timers:  # warm-up epoch, not timed (first-touch allocations, caches)
+        timer.run_epoch()
+        timer.totals.clear()
+        timer.hooks.clear()
+    for _ in range(epochs):
+        for timer in timers:
+            timer.run_epoch()
 
 
 def de_flops_per_epoch(model, train):
@@ -111,7 +132,8 @@ def profile(args):
 
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         for batch in batches:
-            loss = sum(model.calculate_loss(batch))
+            loss = model.calculate_loss(batch)
+            loss = sum(loss) if isinstance(loss, tuple) else loss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -137,14 +159,19 @@ def main(argv=None):
     env = environment_line("python benchmarks/train_overhead.py --epochs %d --batch_size %d"
                            % (args.epochs, args.batch_size))
     rate = matmul_rate()
-    results = []
+    timers, setups = [], []
     floor = None
     for label, name, tau in ROWS:
         model, train, hook, setup = prepared(name, args.data_path, args.batch_size, tau)
         if floor is None and name == "DE":
             rows, flops = de_flops_per_epoch(model, train)
             floor = (rows, flops, flops / rate)
-        median, hook_time = time_epochs(model, train, args.epochs, hook)
+        timers.append(EpochTimer(model, train, hook))
+        setups.append(setup)
+    time_round_robin(timers, args.epochs)
+    results = []
+    for (label, _, _), timer, setup in zip(ROWS, timers, setups):
+        median, hook_time = timer.medians()
         results.append((label, median, hook_time, setup))
         print("%-30s %.2f s/epoch" % (label, median), flush=True)
     base = results[0][1]
