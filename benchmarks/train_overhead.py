@@ -3,27 +3,28 @@
 Runs on the DE-RRD paper's CiteULike split (``../shared/datasets/citeulike``; pass another
 ``--data_path`` for your copy), BPR 200 -> BPR 20, the same batch size and the same RecBole
 data loader for every method.  Reports the median epoch time (including the per-epoch RRD
-sampling and tau update; rows are timed round-robin, one epoch each in turn, after one untimed
-warm-up epoch each), its ratio to the student alone, and for DE the arithmetic floor:
+sampling and tau update; every row runs in its own process, ``--rounds`` times in alternating
+order, each time one untimed warm-up epoch and ``--epochs`` timed ones), its ratio to the
+student alone, and for DE the arithmetic floor:
 the FLOPs of M experts on every unique user and item of every batch (forward + backward)
-divided by the median rate of a 2048^3 fp32 matmul measured in this process, with the same
-thread count.  DE rows are measured at tau = 1 (every expert carries weight: dense path) and
+divided by the median rate of a 2048^3 fp32 matmul measured with the same thread count.  DE rows are measured at tau = 1 (every expert carries weight: dense path) and
 at tau = 1e-2 (sharpened selection: only experts with weight >= de_weight_threshold run).
 The teacher is an untrained BPR-200 shell: its weights do not change the cost.
 
-    python benchmarks/train_overhead.py --epochs 3
+    python benchmarks/train_overhead.py --epochs 3 --rounds 2
     python benchmarks/train_overhead.py --profile DERRD --tau 1   # where the time goes
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
 
 import torch
 
-from _common import (add_common_arguments, citeulike_config, environment_line, matmul_rate, record,
-                     record_allowed, require_citeulike)
+from _common import (add_common_arguments, child_result, citeulike_config, environment_line, matmul_rate, record,
+                     print_result, record_allowed, require_citeulike)
 
 ROWS = [  # (label, model, tau)
     ("Student alone (BPR-20)", "BPR", None),
@@ -97,16 +98,44 @@ class EpochTimer:
         return statistics.median(self.totals), statistics.median(self.hooks)
 
 
-def time_round_robin(timers, epochs):
-    """Epoch e of every row, then epoch e + 1 of every row, ...: a slow spell of a shared
-    machine then hits every row alike instead of one row's whole measurement."""
-    for timer in timers:  # warm-up epoch, not timed (first-touch allocations, caches)
+def measure_row(args):
+    """Child process: warm-up epoch, then ``--epochs`` timed epochs of one row."""
+    label, name, tau = ROWS[args.row]
+    model, train, hook, setup = prepared(name, args.data_path, args.batch_size, tau)
+    timer = EpochTimer(model, train, hook)
+    timer.run_epoch()  # untimed warm-up: first-touch allocations, caches
+    timer.totals.clear()
+    timer.hooks.clear()
+    for _ in range(args.epochs):
         timer.run_epoch()
-        timer.totals.clear()
-        timer.hooks.clear()
-    for _ in range(epochs):
-        for timer in timers:
-            timer.run_epoch()
+    print_result({"totals": timer.totals, "hooks": timer.hooks, "setup": setup})
+
+
+def measure_rows(args):
+    """Every row in its own fresh process, ``--rounds`` times, the order reversed every other
+    round; a row's median is over all its epochs of all rounds.
+
+    One process per row is how the methods are used (one model per run) and keeps each row's
+    allocator and cache state its own: in one shared process, rows measured after the
+    memory-hungry dense DE ran measurably slower.  Alternating rounds spread a slow spell of a
+    shared machine over every row instead of one row's whole measurement.
+    """
+    per_row = [{"totals": [], "hooks": [], "setup": []} for _ in ROWS]
+    for round_ in range(args.rounds):
+        order = range(len(ROWS)) if round_ % 2 == 0 else reversed(range(len(ROWS)))
+        for index in order:
+            command = [sys.executable, os.path.abspath(__file__), "--row", str(index),
+                       "--epochs", str(args.epochs), "--batch_size", str(args.batch_size),
+                       "--threads", str(args.threads), "--data_path", os.path.abspath(args.data_path)]
+            result = child_result(command, ROWS[index][0])
+            for key in ("totals", "hooks"):
+                per_row[index][key] += result[key]
+            per_row[index]["setup"].append(result["setup"])
+            print("round %d  %-30s %s s/epoch" % (round_ + 1, ROWS[index][0],
+                                                  " ".join("%.2f" % t for t in result["totals"])),
+                  flush=True)
+    return [(label, statistics.median(row["totals"]), statistics.median(row["hooks"]),
+             statistics.median(row["setup"])) for (label, _, _), row in zip(ROWS, per_row)]
 
 
 def de_flops_per_epoch(model, train):
@@ -147,6 +176,8 @@ def main(argv=None):
     add_common_arguments(parser)
     parser.add_argument("--profile", metavar="MODEL", help="print the top ops of 30 batches instead")
     parser.add_argument("--tau", type=float, default=1.0, help="tau for --profile")
+    parser.add_argument("--rounds", type=int, default=2, help="processes per row")
+    parser.add_argument("--row", type=int, help=argparse.SUPPRESS)  # child process: one row
     args = parser.parse_args(argv)
     require_citeulike(args.data_path)
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from argv
@@ -155,25 +186,17 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if args.profile:
         return profile(args)
+    if args.row is not None:
+        return measure_row(args)
     allowed = record_allowed(args)
-    env = environment_line("python benchmarks/train_overhead.py --epochs %d --batch_size %d"
-                           % (args.epochs, args.batch_size))
+    env = environment_line("python benchmarks/train_overhead.py --epochs %d --rounds %d --batch_size %d"
+                           % (args.epochs, args.rounds, args.batch_size))
     rate = matmul_rate()
-    timers, setups = [], []
-    floor = None
-    for label, name, tau in ROWS:
-        model, train, hook, setup = prepared(name, args.data_path, args.batch_size, tau)
-        if floor is None and name == "DE":
-            rows, flops = de_flops_per_epoch(model, train)
-            floor = (rows, flops, flops / rate)
-        timers.append(EpochTimer(model, train, hook))
-        setups.append(setup)
-    time_round_robin(timers, args.epochs)
-    results = []
-    for (label, _, _), timer, setup in zip(ROWS, timers, setups):
-        median, hook_time = timer.medians()
-        results.append((label, median, hook_time, setup))
-        print("%-30s %.2f s/epoch" % (label, median), flush=True)
+    _, model, train, _ = build("DE", args.data_path, args.batch_size)
+    rows, flops = de_flops_per_epoch(model, train)
+    floor = (rows, flops, flops / rate)
+    del model, train
+    results = measure_rows(args)
     base = results[0][1]
     rows, flops, floor_s = floor
     lines = [env, "",

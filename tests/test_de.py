@@ -120,6 +120,39 @@ def low_tau_case(threshold, seed=0):
     return experts, student, teacher
 
 
+def test_dense_blocks_match_one_block_and_plain_autograd(monkeypatch):
+    """Rows split over several cache-sized blocks give the same values and gradients."""
+    from recbole_derrd.distillation import experts as module
+
+    torch.manual_seed(1)
+    experts = DistillationExperts(3, 5, num_experts=4).double()
+    x = torch.randn(37, 3, dtype=torch.float64)
+    weights = torch.softmax(torch.randn(37, 4, dtype=torch.float64), -1)
+    target = torch.randn(37, 5, dtype=torch.float64)
+
+    def run(mix):
+        inputs = [x.clone().requires_grad_(), weights.clone().requires_grad_()]
+        experts.zero_grad()
+        loss = (mix(*inputs) - target).pow(2).sum()
+        loss.backward()
+        return [loss.detach()] + [t.grad for t in inputs] + [p.grad.clone() for p in experts.parameters()
+                                                             if p.grad is not None]
+
+    def plain(x, w):  # every expert separately, through autograd
+        m, h = experts.num_experts, experts.hidden
+        w1, b1 = experts.w1.view(3, m, h), experts.b1.view(m, h)
+        w2 = experts.w2.view(m, h, 5)
+        outs = [torch.relu(x @ w1[:, e] + b1[e]) @ w2[e] + experts.b2[e] for e in range(m)]
+        return sum(w[:, e:e + 1] * outs[e] for e in range(m))
+
+    reference = run(plain)
+    monkeypatch.setattr(module, "DENSE_BLOCK_ELEMENTS", 8 * experts.num_experts * experts.hidden)
+    blocked = run(lambda x, w: experts.mix(x, w, path="dense"))  # 8 rows per block: 5 blocks
+    assert len(blocked) == len(reference)
+    for a, b in zip(blocked, reference):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("tau", [1e-2, 1e-4])
 def test_sparse_path_agrees_with_exact_dense_loss_and_gradients(tau):
     """Skipping weights < 1e-6 (sparse) vs every weight (dense, threshold 0), same noise."""

@@ -9,7 +9,7 @@ Two evaluation paths, chosen per call, with the same result:
 * dense (early training, every expert carries weight): all M experts as two large matrix
   products in an expert-major ``[M*h, n]`` layout (the fast GEMM shape for a 20-wide input),
   the selection weights folded in before the second product, so the ``[n, M, d_t]`` tensor of
-  all expert outputs never exists; a hand-written backward saves autograd's extra passes.
+  all expert outputs never exists; rows go in blocks with a hand-written backward.
 * sparse (once the Gumbel-softmax has sharpened): weights below ``weight_threshold`` (1e-6 by
   default) are dropped and only the (row, expert) pairs that remain are evaluated, grouped by
   expert into padded tiles run as batched products. At low tau that is about one expert per
@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recbole_derrd.distillation.workspace import Lease, ScratchPool
+from recbole_derrd.distillation.workspace import ScratchPool
 
 GUMBEL_EPS = 1e-10
 
@@ -57,12 +57,21 @@ def expert_hidden_size(student_dim, teacher_dim):
 SPARSE_MAX_ACTIVE_FRACTION = 0.25
 
 
+#: size of a block's [M*h, rows] temporaries in the dense path (4 MiB each in float32).
+#: Smaller blocks were slower on the benchmark machine (products too narrow), larger ones no
+#: faster; see test_dense_blocks_match_one_block_and_plain_autograd for correctness.
+DENSE_BLOCK_ELEMENTS = 1 << 20
+
+
 class _DenseMixture(torch.autograd.Function):
     """sum_m w[:, m] * (relu(x W1_m + b1_m) W2_m + b2_m) for all M experts at once.
 
-    Expert-major layout: hidden is [M*h, n] = [W1; b1]^T [x, 1]^T, several times faster than
-    x W1 for a narrow x, with the bias inside the product.  The hand-written backward reuses
-    scratch buffers and makes fewer passes over [M*h, n] than autograd would.
+    Expert-major layout: a block's hidden is [M*h, rows] = [W1; b1]^T [x, 1]^T, several times
+    faster than x W1 for a narrow x, with the bias inside the product.  Rows are processed
+    in blocks of bounded size, and the backward recomputes a block's hidden layer (the cheap
+    d_s-wide product, ~3% of the FLOPs), so no [M*h, n] tensor lives from the forward to the
+    backward pass (the unblocked version kept two: about 77 MB for one CiteULike batch's
+    users and items): memory stays flat in the batch size, at about the same speed.
     """
 
     @staticmethod
@@ -71,32 +80,55 @@ class _DenseMixture(torch.autograd.Function):
         mh = w2.shape[0]
         x_aug = torch.cat([x, x.new_ones(n, 1)], 1)
         w1_aug = torch.cat([w1, b1.unsqueeze(0)], 0)
-        hidden = torch.mm(w1_aug.t(), x_aug.t(), out=pool.take((mh, n), x)).clamp_min_(0)
-        mixed = pool.take((mh, n), x)
-        torch.mul(hidden.view(m, -1, n), weights.t().unsqueeze(1), out=mixed.view(m, -1, n))
-        out = torch.addmm(weights @ b2, mixed.t(), w2)
-        ctx.save_for_backward(x_aug, weights, w1, w2, b2)
-        ctx.pool, ctx.hidden, ctx.mixed = pool, hidden, mixed
-        ctx.lease = Lease(pool, hidden, mixed)
+        out = weights @ b2
+        rows = max(1, DENSE_BLOCK_ELEMENTS // mh)
+        hidden_buf, mixed_buf = pool.take((mh * rows,), x), pool.take((mh * rows,), x)
+        for start in range(0, n, rows):
+            block = slice(start, min(start + rows, n))
+            nb = block.stop - start
+            hidden = torch.mm(w1_aug.t(), x_aug[block].t(), out=hidden_buf[:mh * nb].view(mh, nb))
+            hidden.clamp_min_(0)
+            mixed = mixed_buf[:mh * nb].view(m, -1, nb)
+            torch.mul(hidden.view(m, -1, nb), weights[block].t().unsqueeze(1), out=mixed)
+            out[block].addmm_(mixed.view(mh, nb).t(), w2)
+        pool.give(hidden_buf, mixed_buf)
+        ctx.save_for_backward(x_aug, weights, w1_aug, w2, b2)
+        ctx.pool = pool
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x_aug, weights, w1, w2, b2 = ctx.saved_tensors
-        pool, hidden, mixed = ctx.pool, ctx.hidden, ctx.mixed
+        x_aug, weights, w1_aug, w2, b2 = ctx.saved_tensors
+        pool = ctx.pool
         n, m = weights.shape
         mh = w2.shape[0]
-        grad_w2 = mixed @ grad_out
+        grad_out = grad_out.contiguous()
+        grad_w1_aug = torch.zeros_like(w1_aug)
+        grad_w2 = torch.zeros_like(w2)
         grad_b2 = weights.t() @ grad_out
-        grad_mixed = torch.mm(w2, grad_out.t(), out=pool.take((mh, n), grad_out))
-        product = torch.mul(grad_mixed, hidden, out=pool.take((mh, n), grad_out))
-        grad_weights = product.view(m, -1, n).sum(1).t() + grad_out @ b2.t()
-        grad_mixed.view(m, -1, n).mul_(weights.t().unsqueeze(1))
-        grad_pre = torch.ops.aten.threshold_backward.grad_input(grad_mixed, hidden, 0, grad_input=product)
-        grad_w1_aug = (grad_pre @ x_aug).t()
-        grad_x = (w1 @ grad_pre).t() if ctx.needs_input_grad[0] else None
-        pool.give(grad_mixed, product)
+        grad_weights = grad_out @ b2.t()
+        grad_x = x_aug.new_empty(n, x_aug.shape[1] - 1) if ctx.needs_input_grad[0] else None
+        rows = max(1, DENSE_BLOCK_ELEMENTS // mh)
+        bufs = [pool.take((mh * rows,), x_aug) for _ in range(3)]
+        for start in range(0, n, rows):
+            block = slice(start, min(start + rows, n))
+            nb = block.stop - start
+            hidden, grad_mixed, work = (buf[:mh * nb].view(mh, nb) for buf in bufs)
+            w_block = weights[block].t().unsqueeze(1)  # [M, 1, rows]
+            torch.mm(w1_aug.t(), x_aug[block].t(), out=hidden).clamp_min_(0)
+            torch.mm(w2, grad_out[block].t(), out=grad_mixed)
+            # d/dw_m = <grad, E_m(x)> = sum over the expert's hidden units of grad_mixed * hidden
+            torch.mul(grad_mixed, hidden, out=work)
+            grad_weights[block] += work.view(m, -1, nb).sum(1).t()
+            torch.mul(hidden.view(m, -1, nb), w_block, out=work.view(m, -1, nb))  # mixed
+            grad_w2.addmm_(work, grad_out[block])
+            grad_mixed.view(m, -1, nb).mul_(w_block)
+            grad_pre = torch.ops.aten.threshold_backward.grad_input(grad_mixed, hidden, 0, grad_input=work)
+            grad_w1_aug.addmm_(x_aug[block].t(), grad_pre.t())
+            if grad_x is not None:
+                torch.mm(grad_pre.t(), w1_aug[:-1].t(), out=grad_x[block])
+        pool.give(*bufs)
         return grad_x, grad_weights, grad_w1_aug[:-1], grad_w1_aug[-1], grad_w2, grad_b2, None
 
 

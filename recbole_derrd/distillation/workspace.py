@@ -13,9 +13,9 @@ import math
 class ScratchPool:
     """Hands out views of previously released buffers (best fit), else a new tensor.
 
-    Tensors saved for a backward pass must come back only when autograd frees that graph
-    (see :class:`Lease`), so a retained graph is never overwritten.  A pool is never pickled
-    or deep-copied with the module that owns it (it holds no state worth keeping).
+    Only for temporaries that die within one forward or backward call: a tensor autograd
+    saves for later must never come from the pool.  A pool is never pickled or deep-copied
+    with the module that owns it (it holds no state worth keeping).
     """
 
     KEEP = 6
@@ -46,13 +46,3 @@ class ScratchPool:
 
     def __setstate__(self, state):
         self._free = []
-
-
-class Lease:
-    """Gives its tensors back to the pool when garbage-collected (with the autograd graph)."""
-
-    def __init__(self, pool, *tensors):
-        self.pool, self.tensors = pool, tensors
-
-    def __del__(self):
-        self.pool.give(*self.tensors)
