@@ -105,14 +105,21 @@ def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir):
     deployable = getattr(model, "student", model)
     return {
         "method": method, "seed": seed, "model": config["model"],
-        "test_result": {k: float(v) for k, v in result["test_result"].items()},
+        **_tested(result["test_result"], per_user, config),
         "best_valid_result": {k: float(v) for k, v in result["best_valid_result"].items()},
         "parameters": int(sum(p.numel() for p in deployable.parameters())),
         "train_and_test_seconds": elapsed, "resumed_from": last,
         "inference_seconds_256_users": _inference_seconds(model),
+        **cell_epochs(settings["checkpoint_dir"]),
+    }
+
+
+def _tested(test_result, per_user, config):
+    """The test fields every cell shares: metrics, per-user metrics for the paired tests, mode."""
+    return {
+        "test_result": {k: float(v) for k, v in test_result.items()},
         "per_user": {m: np.asarray(per_user[m]).tolist() for m in PAIRED_METRICS if m in per_user},
         "test_mode": _test_mode(config),
-        **cell_epochs(settings["checkpoint_dir"]),
     }
 
 
@@ -170,13 +177,12 @@ def _teacher_cell(seed, dataset, config_file_list, config_dict, out_dir):
     elapsed = time.perf_counter() - start
     return {
         "method": TEACHER, "seed": seed, "model": model.teacher_config["model"],
-        "test_result": {k: float(v) for k, v in row["test_result"].items()},
+        **_tested(row["test_result"], per_user, config),
         "best_valid_result": None, "parameters": int(row["parameters"]),
         "train_and_test_seconds": None, "test_seconds": elapsed, "resumed_from": None,
         "teacher_prepare_seconds": prepare_seconds,
         "inference_seconds_256_users": _inference_seconds(model.teacher),
-        "per_user": {m: np.asarray(per_user[m]).tolist() for m in PAIRED_METRICS if m in per_user},
-        "test_mode": _test_mode(config), "best_epoch": model.teacher_epoch, "last_epoch": None,
+        "best_epoch": model.teacher_epoch, "last_epoch": None,
     }
 
 
