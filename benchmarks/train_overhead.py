@@ -98,6 +98,14 @@ class EpochTimer:
         return statistics.median(self.totals), statistics.median(self.hooks)
 
 
+def time_epochs(model, train, epochs, hook=None):
+    """(median epoch time, median hook time) of ``epochs`` epochs run in this process."""
+    timer = EpochTimer(model, train, hook)
+    for _ in range(epochs):
+        timer.run_epoch()
+    return timer.medians()
+
+
 def measure_row(args):
     """Child process: warm-up epoch, then ``--epochs`` timed epochs of one row."""
     label, name, tau = ROWS[args.row]
