@@ -145,10 +145,14 @@ def verify_checkpoint(checkpoint, path, tconfig, fingerprint):
 def train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress=False):
     """Train ``teacher`` with RecBole's Trainer on the student's split; save it to ``path``.
 
+    Resumable: the training writes ``<path>.training`` (best) and its "last" checkpoint every
+    evaluation; a call that finds them (same teacher key, so same settings and data) continues
+    from the last one, exactly as the uninterrupted run would have.
+
     Under DDP every rank trains it together (RecBole's distributed Trainer); rank 0 writes the
     best checkpoint and the others read it after a barrier.
     """
-    from recbole_derrd.trainer import safe_trainer_class
+    from recbole_derrd.trainer import last_checkpoint_path, safe_trainer_class
 
     logger = getLogger()
     logger.info("Training teacher %s (no cached teacher at %s)" % (tconfig["model"], path))
@@ -159,17 +163,19 @@ def train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress=
     trainer = safe_trainer_class(get_trainer(tconfig["MODEL_TYPE"], tconfig["model"]))(tconfig, teacher)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     trainer.saved_model_file = path + ".training"
-    try:
-        trainer.fit(loader, valid_data, saved=True, show_progress=show_progress)
-        barrier()
-        best = load_checkpoint(trainer.saved_model_file, map_location=tconfig["device"])
-        barrier()
-    finally:
-        from recbole_derrd.trainer import last_checkpoint_path
-
-        for leftover in (trainer.saved_model_file, last_checkpoint_path(trainer.saved_model_file)):
-            if is_main_process() and os.path.exists(leftover):
-                os.remove(leftover)
+    last = last_checkpoint_path(trainer.saved_model_file)
+    if os.path.exists(last):  # an earlier run of this very teacher was interrupted: continue it
+        logger.info("Resuming the teacher's training from %s" % last)
+        trainer.resume_checkpoint(last, train_data=loader)
+    trainer.fit(loader, valid_data, saved=True, show_progress=show_progress)
+    barrier()
+    best = load_checkpoint(trainer.saved_model_file, map_location=tconfig["device"])
+    barrier()
+    # Only a finished training removes its checkpoints: after an interruption (an exception,
+    # Ctrl-C, a killed process) they stay, and the next call resumes from the last one.
+    for leftover in (trainer.saved_model_file, last):
+        if is_main_process() and os.path.exists(leftover):
+            os.remove(leftover)
     teacher.load_state_dict(best["state_dict"])
     return best
 

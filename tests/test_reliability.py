@@ -207,3 +207,45 @@ def test_run_script_resume_flag(tiny, workdir):
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Resume training from epoch 2" in again.stdout + again.stderr
+
+
+def test_interrupted_teacher_training_resumes_where_it_stopped(tiny, tmp_path, monkeypatch):
+    """A teacher training stopped mid-way keeps its checkpoints; the next run continues it and
+    caches the very teacher an uninterrupted run trains (same weights, bit for bit)."""
+    from recbole.trainer import Trainer
+
+    settings = dict(tiny, t_epochs=4, epochs=1)
+    run_recbole("DERRD", config_dict=dict(settings, teacher_cache_dir=str(tmp_path / "a")), saved=False)
+
+    original = Trainer._train_epoch
+    calls = []
+
+    def interrupted(self, train_data, epoch_idx, *args, **kwargs):
+        calls.append(epoch_idx)
+        if len(calls) == 3:  # the teacher's third epoch: epochs 0 and 1 are evaluated and saved
+            raise KeyboardInterrupt("stopped by the test")
+        return original(self, train_data, epoch_idx, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_recbole("DERRD", config_dict=dict(settings, teacher_cache_dir=str(tmp_path / "b")), saved=False)
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    left = glob.glob(str(tmp_path / "b" / "*.training-last.pth"))
+    assert len(left) == 1 and load_checkpoint(left[0])["epoch"] == 1
+    assert not glob.glob(str(tmp_path / "b" / "*[0-9a-f].pth"))  # no finished teacher yet
+
+    epochs = []
+
+    def recorded(self, train_data, epoch_idx, *args, **kwargs):
+        epochs.append(epoch_idx)
+        return original(self, train_data, epoch_idx, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", recorded)
+    run_recbole("DERRD", config_dict=dict(settings, teacher_cache_dir=str(tmp_path / "b")), saved=False)
+    assert epochs == [2, 3, 0]  # the teacher's last two epochs, then the student's only one
+    assert not glob.glob(str(tmp_path / "b" / "*.training*"))  # a finished training cleans up
+    (straight,), (resumed,) = (glob.glob(str(tmp_path / d / "*[0-9a-f].pth")) for d in "ab")
+    straight, resumed = load_checkpoint(straight), load_checkpoint(resumed)
+    assert straight["epoch"] == resumed["epoch"]
+    for name, tensor in straight["state_dict"].items():
+        assert torch.equal(tensor, resumed["state_dict"][name]), name
