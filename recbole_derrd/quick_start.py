@@ -48,6 +48,12 @@ def _train_and_test(config, data, train_data, valid_data, test_data, saved=True)
     """RecBole's own model/trainer flow; returns (result dict, model, per-user metrics)."""
     logger = getLogger()
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    # A loader reused from an earlier training in this process (run_side_by_side trains the
+    # distilled student, then the student alone, on one loader) has advanced its shuffling
+    # generator by that training's epochs: restart it, so every model sees the batches of a
+    # fresh run and one row does not depend on how long another trained.
+    if getattr(train_data, "generator", None) is not None:
+        train_data.generator.manual_seed(config["seed"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(model)
     flops = get_flops(model, data, config["device"], logger, construct_transform(config))

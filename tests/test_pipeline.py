@@ -287,3 +287,20 @@ def test_stock_run_entry_point(tiny):
 
     result = run("RRD", "tiny", config_dict=dict(tiny, epochs=1), saved=True)
     assert 0 <= result["test_result"]["ndcg@10"] <= 1
+
+
+def test_side_by_side_student_alone_matches_a_fresh_run(tiny):
+    """The student alone trains on the loader the distilled student used just before; it must
+    see the batches of a fresh run (same metrics as the student trained in a new pipeline)."""
+    from recbole.config import Config
+
+    from recbole_derrd.config import plugin_owned_keys, student_config
+    from recbole_derrd.quick_start import _train_and_test, load_data
+    from recbole_derrd.registration import PLUGIN_MODELS
+
+    settings = dict(tiny, epochs=3)
+    report = run_side_by_side("DERRD", config_dict=settings, saved=False)
+    plugin = Config(model="DERRD", config_dict=settings)
+    sconfig = student_config(plugin, plugin_owned_keys(plugin, PLUGIN_MODELS.values()))
+    fresh, _, _ = _train_and_test(sconfig, *load_data(sconfig), saved=False)
+    assert report["rows"][1]["test_result"] == fresh["test_result"]
