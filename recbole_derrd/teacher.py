@@ -173,7 +173,7 @@ def train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress=
     barrier()
     # Only a finished training removes its checkpoints: after an interruption (an exception,
     # Ctrl-C, a killed process) they stay, and the next call resumes from the last one.
-    for leftover in (trainer.saved_model_file, last):
+    for leftover in (last, trainer.saved_model_file):  # "last" first: it is what resumes
         if is_main_process() and os.path.exists(leftover):
             os.remove(leftover)
     teacher.load_state_dict(best["state_dict"])
