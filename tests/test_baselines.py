@@ -104,3 +104,28 @@ def test_baselines_run_through_stock_run_recbole(tiny, model):
     result = stock_run_recbole(model=model, config_dict=dict(tiny, rd_warmup_epochs=1), saved=True)
     assert all(0.0 <= v <= 1.0 for v in result["test_result"].values())
     assert result["best_valid_result"]["ndcg@10"] > 0
+
+
+def test_cd_grid_script_reads_the_shipped_grid_and_ranks_by_validation(tmp_path):
+    """results/citeulike/cd_grid.py: the 36 points of CD.hyper, keys the CD model reads, and a
+    summary ordered by the validation score (the test split is never part of a record)."""
+    import importlib.util
+    import json
+    import os
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "cd_grid", os.path.join(ROOT, "results", "citeulike", "cd_grid.py"))
+    cd_grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cd_grid)
+    axes = dict(cd_grid.grid())
+    assert set(axes) == {"cd_gamma", "cd_temperature", "cd_samples", "cd_weight"}
+    assert [len(v) for v in axes.values()] == [3, 2, 2, 3]
+    for score, params in ((0.31, {"cd_gamma": 10.0}), (0.35, {"cd_gamma": 100.0})):
+        record = {"params": params, "best_valid_score": score, "best_epoch": 5, "last_epoch": 25,
+                  "best_valid_result": {"ndcg@10": score, "hit@10": 2 * score}}
+        (tmp_path / (cd_grid.point_name(params) + ".json")).write_text(json.dumps(record))
+    records = cd_grid.summary(str(tmp_path))
+    assert [r["params"]["cd_gamma"] for r in records] == [100.0, 10.0]
+    assert "2 points finished (of 36)" in (tmp_path / "cd-grid.md").read_text()
