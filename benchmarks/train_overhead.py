@@ -124,9 +124,8 @@ def measure_rows(args):
     round; a row's median is over all its epochs of all rounds.
 
     One process per row is how the methods are used (one model per run) and keeps each row's
-    allocator and cache state its own: in one shared process, rows measured after the
-    memory-hungry dense DE ran measurably slower.  Alternating rounds spread a slow spell of a
-    shared machine over every row instead of one row's whole measurement.
+    allocator and cache state its own, whatever rows ran before it.  Alternating rounds spread
+    a slow spell of a shared machine over every row instead of one row's whole measurement.
     """
     per_row = [{"totals": [], "hooks": [], "setup": []} for _ in ROWS]
     for round_ in range(args.rounds):
@@ -146,14 +145,25 @@ def measure_rows(args):
              statistics.median(row["setup"])) for (label, _, _), row in zip(ROWS, per_row)]
 
 
-def de_flops_per_epoch(model, train):
-    """FLOPs of evaluating all M experts on every unique user / pos / neg item of each batch."""
-    rows = 0
-    for batch in train:
-        rows += sum(len(torch.unique(batch[key])) for key in ("user_id", "item_id", "neg_item_id"))
-    ex = model.user_experts
-    per_row = 2 * ex.num_experts * (ex.student_dim * ex.hidden + ex.hidden * ex.teacher_dim)
-    return rows, 3 * per_row * rows  # forward + backward (2x forward)
+def de_rows_and_pairs(model, train, tau):
+    """One pass over an epoch's batches: the rows DE evaluates (unique users, positive and
+    negative items of every batch) and, at ``tau``, the (row, expert) pairs whose selection
+    weight is kept (>= de_weight_threshold)."""
+    pairs = rows = 0
+    with torch.no_grad():
+        for batch in train:
+            users = torch.unique(batch["user_id"])
+            items = torch.cat([torch.unique(batch["item_id"]), torch.unique(batch["neg_item_id"])])
+            for experts, repr_fn, ids in ((model.user_experts, model.teacher_adapter.user_repr, users),
+                                          (model.item_experts, model.teacher_adapter.item_repr, items)):
+                pairs += int(torch.count_nonzero(experts.selection_weights(repr_fn(ids), tau)))
+                rows += len(ids)
+    return rows, pairs
+
+
+def expert_flops(experts, pairs):
+    """FLOPs (forward + backward = 3x forward) of ``pairs`` (row, expert) evaluations."""
+    return 3 * pairs * 2 * (experts.student_dim * experts.hidden + experts.hidden * experts.teacher_dim)
 
 
 def rrd_memory_floor(data_path, batch_size, repeats=3):
@@ -179,22 +189,6 @@ def rrd_memory_floor(data_path, batch_size, repeats=3):
         one_epoch()
         times.append(time.perf_counter() - start)
     return statistics.median(times), sum(len(index) for index in indices)
-
-
-def de_active_pairs(data_path, batch_size, tau):
-    """(row, expert) pairs with weight >= de_weight_threshold over one epoch at ``tau``, and
-    the rows they belong to (unique users, positive and negative items of every batch)."""
-    model, train, _, _ = prepared("DE", data_path, batch_size, tau)
-    pairs = rows = 0
-    with torch.no_grad():
-        for batch in train:
-            users = torch.unique(batch["user_id"])
-            items = torch.cat([torch.unique(batch["item_id"]), torch.unique(batch["neg_item_id"])])
-            for experts, repr_fn, ids in ((model.user_experts, model.teacher_adapter.user_repr, users),
-                                          (model.item_experts, model.teacher_adapter.item_repr, items)):
-                pairs += int(torch.count_nonzero(experts.selection_weights(repr_fn(ids), tau)))
-                rows += len(ids)
-    return pairs, rows
 
 
 def profile(args):
@@ -242,20 +236,20 @@ def main(argv=None):
                            % (args.epochs, args.rounds, args.batch_size))
     rate = matmul_rate()
     _, model, train, _ = build("DE", args.data_path, args.batch_size)
-    rows, flops = de_flops_per_epoch(model, train)
-    floor = (rows, flops, flops / rate)
+    experts = model.user_experts  # user and item experts have the same shape for BPR
+    rows, pairs = de_rows_and_pairs(model, train, 1e-2)
+    n_experts = experts.num_experts
+    flops = expert_flops(experts, rows * n_experts)  # tau = 1: every expert on every row
+    floor_s, sparse_floor = flops / rate, expert_flops(experts, pairs) / rate
     del model, train
     results = measure_rows(args)
     base = results[0][1]
-    rows, flops, floor_s = floor
     rrd_floor, rrd_rows = rrd_memory_floor(args.data_path, args.batch_size)
     rrd_hook = results[1][2]
-    pairs, pair_rows = de_active_pairs(args.data_path, args.batch_size, 1e-2)
-    sparse_floor = floor_s * pairs / (rows * 30)
     lines = [env, "",
              "2048^3 fp32 matmul: %.1f GFLOP/s (median of 5). DE arithmetic floor at tau = 1: "
-             "%d unique rows per epoch x 30 experts = %.3f TFLOP (forward + backward) -> %.2f s."
-             % (rate / 1e9, rows, flops / 1e12, floor_s), "",
+             "%d unique rows per epoch x %d experts = %.3f TFLOP (forward + backward) -> %.2f s."
+             % (rate / 1e9, rows, n_experts, flops / 1e12, floor_s), "",
              "| method | median epoch (s) | ratio to student | per-epoch hook (s) | one-off setup (s) |"
              " time added over student / DE floor |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -272,7 +266,7 @@ def main(argv=None):
               "weights (%.2f experts per row), an arithmetic floor of %.2f s; student + RRD floor + "
               "that = %.2fx the student for DE-RRD at tau = 1e-2."
               % (rrd_rows, rrd_floor, rrd_hook, (base + rrd_floor + rrd_hook) / base, pairs,
-                 pair_rows * 30, pairs / pair_rows, sparse_floor,
+                 rows * n_experts, pairs / rows, sparse_floor,
                  (base + rrd_floor + rrd_hook + sparse_floor) / base)]
     record("train_overhead.py", lines, enabled=allowed)
 
