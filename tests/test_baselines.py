@@ -129,3 +129,35 @@ def test_cd_grid_script_reads_the_shipped_grid_and_ranks_by_validation(tmp_path)
     records = cd_grid.summary(str(tmp_path))
     assert [r["params"]["cd_gamma"] for r in records] == [100.0, 10.0]
     assert "2 points finished (of 36)" in (tmp_path / "cd-grid.md").read_text()
+
+
+def test_cd_grid_axis_search_walks_one_axis_at_a_time_from_the_fixed_start():
+    """The cheaper strategy: start point first, then each axis in order with the others held at
+    the best so far; no point twice; a tie keeps the earlier point."""
+    import importlib.util
+    import os
+
+    import pytest as _pytest
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "cd_grid", os.path.join(ROOT, "results", "citeulike", "cd_grid.py"))
+    cd_grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cd_grid)
+    axes = cd_grid.grid()
+    assert cd_grid.START == {"cd_gamma": 100.0, "cd_temperature": 1.0, "cd_samples": 10, "cd_weight": 0.01}
+    # score: weight 0.1 best; gamma 10 best only once weight is 0.1; samples and t tie
+    def score(p):
+        return (p["cd_weight"] == 0.1) + 0.5 * (p["cd_gamma"] == 10.0 and p["cd_weight"] == 0.1)
+
+    best, seen = cd_grid.axis_search(axes, score)
+    assert best == {"cd_gamma": 10.0, "cd_temperature": 1.0, "cd_samples": 10, "cd_weight": 0.1}
+    assert seen[0] == cd_grid.START
+    assert [(p["cd_weight"], p["cd_gamma"], p["cd_samples"], p["cd_temperature"]) for p in seen] == [
+        (0.01, 100.0, 10, 1.0), (0.001, 100.0, 10, 1.0), (0.1, 100.0, 10, 1.0),  # weight
+        (0.1, 10.0, 10, 1.0), (0.1, 1000.0, 10, 1.0),  # gamma, weight held at 0.1
+        (0.1, 10.0, 50, 1.0), (0.1, 10.0, 10, 5.0)]  # samples, then t: ties keep 10 and 1.0
+    assert len(seen) == 7 and len({cd_grid.point_name(p) for p in seen}) == 7
+    with _pytest.raises(ValueError, match="not on the grid"):
+        cd_grid.axis_search(axes, score, start=dict(cd_grid.START, cd_weight=0.5))
