@@ -24,7 +24,7 @@ from logging import getLogger
 
 import numpy as np
 
-from recbole_derrd.evaluation import PAIRED_METRICS, paired_test
+from recbole_derrd.evaluation import PAIRED_METRICS, over_seeds, paired_test, per_user_over_seeds
 
 DERRD_FAMILY = ("DE", "RRD", "DERRD")
 DISTILLATION_METHODS = ("RD", "CD") + DERRD_FAMILY
@@ -200,11 +200,11 @@ def summarise(cells, methods, seeds):
     for method in methods:
         runs = [cells[(method, s)] for s in seeds]
         metrics = [m for m in TABLE_METRICS if m in runs[0]["test_result"]]
-        values = np.array([[r["test_result"][m] for m in metrics] for r in runs])
+        stats = over_seeds([r["test_result"] for r in runs], metrics)
         inference = [r["inference_seconds_256_users"] for r in runs if r["inference_seconds_256_users"]]
         rows.append({
             "method": method, "model": runs[0]["model"], "parameters": runs[0]["parameters"],
-            "mean": dict(zip(metrics, values.mean(0).tolist())), "std": dict(zip(metrics, values.std(0).tolist())),
+            "mean": stats["mean"], "std": stats["std"],
             "train_seconds": _mean_or_none([r["train_and_test_seconds"] for r in runs]),
             "epochs": [_epochs_text(r) for r in runs],
             "inference_seconds_256_users": float(np.median(inference)) if inference else None,
@@ -216,8 +216,7 @@ def summarise(cells, methods, seeds):
     best_baseline = max(baselines, key=lambda row: row["mean"].get("ndcg@10", 0))["method"] if baselines else None
 
     def per_user(method):  # per-user metrics averaged over seeds (same split and negatives)
-        return {m: np.mean([cells[(method, s)]["per_user"][m] for s in seeds], axis=0)
-                for m in PAIRED_METRICS}
+        return per_user_over_seeds([cells[(method, s)]["per_user"] for s in seeds])
 
     tests = []
     for row in rows:

@@ -63,3 +63,17 @@ def paired_test(per_user_a, per_user_b, metric):
     statistic, p_value = wilcoxon(b, a)
     return {"metric": metric, "mean_diff": float(diff.mean()), "p_value": float(p_value),
             "statistic": float(statistic), "n_users": int(a.size)}
+
+
+def over_seeds(results, metrics):
+    """Mean, std and per-seed values of each metric over a list of per-seed result dicts."""
+    values = np.array([[result[m] for m in metrics] for result in results], dtype=np.float64)
+    return {"mean": dict(zip(metrics, values.mean(0).tolist())),
+            "std": dict(zip(metrics, values.std(0).tolist())),
+            "per_seed": dict(zip(metrics, values.T.tolist()))}
+
+
+def per_user_over_seeds(per_user_runs, metrics=PAIRED_METRICS):
+    """Each user's metrics averaged over seeds: the input of a paired test across seeds, valid
+    only when every seed tested the same users on the same split (and the same negatives)."""
+    return {m: np.mean([run[m] for run in per_user_runs], axis=0) for m in metrics}

@@ -19,7 +19,8 @@ from recbole.utils import get_flops, get_model, get_trainer, init_logger, init_s
 import recbole_derrd  # noqa: F401  (registration)
 from recbole_derrd.compat import load_checkpoint
 from recbole_derrd.config import student_config, plugin_owned_keys
-from recbole_derrd.evaluation import PAIRED_METRICS, comparable_test, paired_test
+from recbole_derrd.evaluation import (PAIRED_METRICS, comparable_test, over_seeds, paired_test,
+                                      per_user_over_seeds)
 from recbole_derrd.registration import PLUGIN_MODELS
 from recbole_derrd.teacher import interactions_digest
 from recbole_derrd.trainer import safe_trainer_class
@@ -175,18 +176,14 @@ def run_seeds(model="DERRD", dataset=None, config_file_list=None, seeds=(0, 1, 2
     metrics are averaged over seeds and the distilled student is tested against the student
     alone on those averages (Wilcoxon signed-rank); otherwise only per-seed tests are reported.
     """
-    import numpy as np
-
     stream = stream or sys.stdout
     reports = [run_side_by_side(model, dataset, config_file_list, dict(config_dict or {}, seed=seed),
                                 saved=saved, stream=stream) for seed in seeds]
     metrics = list(reports[0]["rows"][0]["test_result"])
     summary = []
     for index, row in enumerate(reports[0]["rows"]):
-        values = np.array([[r["rows"][index]["test_result"][m] for m in metrics] for r in reports])
-        summary.append({"model": row["model"], "parameters": row["parameters"],
-                        "mean": dict(zip(metrics, values.mean(0))), "std": dict(zip(metrics, values.std(0))),
-                        "per_seed": dict(zip(metrics, values.T.tolist()))})
+        summary.append(dict(over_seeds([r["rows"][index]["test_result"] for r in reports], metrics),
+                            model=row["model"], parameters=row["parameters"]))
     lines = ["", "Mean +- std over seeds %s on %s" % (list(seeds), reports[0]["config"]["dataset"]),
              "| method | params | " + " | ".join(metrics) + " |", "|" + " --- |" * (len(metrics) + 2)]
     for row in summary:
@@ -198,8 +195,8 @@ def run_seeds(model="DERRD", dataset=None, config_file_list=None, seeds=(0, 1, 2
                          % (seed, model, t["metric"], t["mean_diff"], t["p_value"]))
     pooled = []
     if len({r["test_split"] for r in reports}) == 1:
-        average = {name: {m: np.mean([r["per_user"][name][m] for r in reports], axis=0)
-                          for m in PAIRED_METRICS} for name in ("student", model)}
+        average = {name: per_user_over_seeds([r["per_user"][name] for r in reports])
+                   for name in ("student", model)}
         pooled = [paired_test(average["student"], average[model], m) for m in PAIRED_METRICS]
         for t in pooled:
             lines.append("all seeds (per-user mean over seeds, same split): %s vs student alone, %s: "

@@ -71,3 +71,18 @@ def test_interrupted_cell_restarts_from_its_last_checkpoint(tiny, tmp_path):
     report = comparison.run_comparison(config_dict=settings, methods=["Student", "DE"], seeds=[0], out_dir=out)
     assert report["cells"][("DE", 0)]["resumed_from"] == last[0]
     assert report["cells"][("Student", 0)]["resumed_from"] is None
+
+
+def test_seed_statistics_against_hand_values():
+    """The mean +- std (population std, as numpy) over seeds and the per-user average over seeds
+    that both the comparison and run_seeds report."""
+    from recbole_derrd.evaluation import over_seeds, per_user_over_seeds
+
+    stats = over_seeds([{"ndcg@10": 0.2, "hit@10": 0.5}, {"ndcg@10": 0.4, "hit@10": 0.5}],
+                       ["ndcg@10", "hit@10"])
+    assert stats["mean"] == pytest.approx({"ndcg@10": 0.3, "hit@10": 0.5})
+    assert stats["std"] == pytest.approx({"ndcg@10": 0.1, "hit@10": 0.0})
+    assert stats["per_seed"] == {"ndcg@10": [0.2, 0.4], "hit@10": [0.5, 0.5]}
+    users = per_user_over_seeds([{"ndcg@10": [1.0, 0.0], "hit@10": [1.0, 0.0]},
+                                 {"ndcg@10": [0.5, 0.0], "hit@10": [1.0, 1.0]}])
+    assert users["ndcg@10"].tolist() == [0.75, 0.0] and users["hit@10"].tolist() == [1.0, 0.5]
