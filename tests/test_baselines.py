@@ -107,7 +107,7 @@ def test_baselines_run_through_stock_run_recbole(tiny, model):
 
 
 def test_cd_grid_script_reads_the_shipped_grid_and_ranks_by_validation(tmp_path):
-    """results/citeulike/cd_grid.py: the 60 points of CD.hyper, keys the CD model reads, and a
+    """results/citeulike/cd_grid.py: the 72 points of CD.hyper, keys the CD model reads, and a
     summary ordered by the validation score (the test split is never part of a record)."""
     import importlib.util
     import json
@@ -121,14 +121,14 @@ def test_cd_grid_script_reads_the_shipped_grid_and_ranks_by_validation(tmp_path)
     spec.loader.exec_module(cd_grid)
     axes = dict(cd_grid.grid())
     assert set(axes) == {"cd_gamma", "cd_temperature", "cd_samples", "cd_weight"}
-    assert [len(v) for v in axes.values()] == [3, 2, 2, 5]
+    assert [len(v) for v in axes.values()] == [3, 2, 2, 6]
     for score, params in ((0.31, {"cd_gamma": 10.0}), (0.35, {"cd_gamma": 100.0})):
         record = {"params": params, "best_valid_score": score, "best_epoch": 5, "last_epoch": 25,
                   "best_valid_result": {"ndcg@10": score, "hit@10": 2 * score}}
         (tmp_path / (cd_grid.point_name(params) + ".json")).write_text(json.dumps(record))
     records = cd_grid.summary(str(tmp_path))
     assert [r["params"]["cd_gamma"] for r in records] == [100.0, 10.0]
-    assert "2 points finished (of 60)" in (tmp_path / "cd-grid.md").read_text()
+    assert "2 points finished (of 72)" in (tmp_path / "cd-grid.md").read_text()
 
 
 def test_cd_grid_axis_search_walks_one_axis_at_a_time_from_the_fixed_start():
@@ -156,9 +156,9 @@ def test_cd_grid_axis_search_walks_one_axis_at_a_time_from_the_fixed_start():
     assert seen[0] == cd_grid.START
     assert [(p["cd_weight"], p["cd_gamma"], p["cd_samples"], p["cd_temperature"]) for p in seen] == [
         (0.01, 100.0, 10, 1.0), (0.001, 100.0, 10, 1.0), (0.1, 100.0, 10, 1.0), (1.0, 100.0, 10, 1.0),
-        (10.0, 100.0, 10, 1.0),  # weight
+        (10.0, 100.0, 10, 1.0), (100.0, 100.0, 10, 1.0),  # weight
         (0.1, 10.0, 10, 1.0), (0.1, 1000.0, 10, 1.0),  # gamma, weight held at 0.1
         (0.1, 10.0, 50, 1.0), (0.1, 10.0, 10, 5.0)]  # samples, then t: ties keep 10 and 1.0
-    assert len(seen) == 9 and len({cd_grid.point_name(p) for p in seen}) == 9
+    assert len(seen) == 10 and len({cd_grid.point_name(p) for p in seen}) == 10
     with _pytest.raises(ValueError, match="not on the grid"):
         cd_grid.axis_search(axes, score, start=dict(cd_grid.START, cd_weight=0.5))

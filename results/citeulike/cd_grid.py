@@ -1,6 +1,6 @@
 """Choose CD's four settings on VALIDATION from the shipped grid, one training run per point.
 
-The grid is the plugin's ``properties/tuning/CD.hyper`` (gamma x t x samples x weight, 60
+The grid is the plugin's ``properties/tuning/CD.hyper`` (gamma x t x samples x weight, 72
 points).  Each point trains CD (student BPR-20, the given frozen teacher) with the protocol of
 ``citeulike-bpr.yaml`` and records only its best validation result: the test split is never
 evaluated here.  Points run one at a time, each in its own process, and a finished point (its
@@ -8,11 +8,11 @@ JSON file) is never rerun, so an interrupted search resumes where it stopped.
 
 Two strategies over the same grid:
 
-* ``full`` (default): all 60 points (about 5 minutes each on one CPU core for CiteULike).
+* ``full`` (default): all 72 points (about 5 minutes each on one CPU core for CiteULike).
 * ``axis``: one pass of coordinate search, for when the full grid does not fit the budget.
   Start at ``START`` (the provisional defaults CD shipped with before any search), then for each
   axis in ``AXIS_ORDER`` try all its values with the other settings held at the best point so
-  far, and keep the best.  At most 1 + (5-1) + (3-1) + (2-1) + (2-1) = 9 points.  It can miss
+  far, and keep the best.  At most 1 + (6-1) + (3-1) + (2-1) + (2-1) = 10 points.  It can miss
   interactions between settings that only the full grid would find.
 
     python results/citeulike/cd_grid.py --data_path ../shared/datasets \
@@ -137,7 +137,7 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strategy", choices=("full", "axis"), default="full",
-                        help="all 60 points, or one coordinate-search pass (see the docstring)")
+                        help="all 72 points, or one coordinate-search pass (see the docstring)")
     parser.add_argument("--summary", action="store_true", help="only print / write the table")
     parser.add_argument("--point", help=argparse.SUPPRESS)  # child: JSON of one point's params
     args = parser.parse_args()
