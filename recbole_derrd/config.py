@@ -46,7 +46,7 @@ def _shipped_file(folder, name, suffix, unknown):
 
 def tuning_file(model="DERRD"):
     """Path of a shipped example HyperTuning params file (``DERRD``: the loss weights, K and T
-    the paper tunes; ``CD``: the grid for CD's provisional defaults)."""
+    the paper tunes; ``CD``: the grid CD's defaults were chosen from)."""
     return _shipped_file("tuning", model, ".hyper", "no shipped params file for %r; shipped: %s")
 
 
