@@ -137,8 +137,6 @@ def test_cd_grid_axis_search_walks_one_axis_at_a_time_from_the_fixed_start():
     import importlib.util
     import os
 
-    import pytest as _pytest
-
     from conftest import ROOT
 
     spec = importlib.util.spec_from_file_location(
@@ -160,5 +158,5 @@ def test_cd_grid_axis_search_walks_one_axis_at_a_time_from_the_fixed_start():
         (0.1, 10.0, 10, 1.0), (0.1, 1000.0, 10, 1.0),  # gamma, weight held at 0.1
         (0.1, 10.0, 50, 1.0), (0.1, 10.0, 10, 5.0)]  # samples, then t: ties keep 10 and 1.0
     assert len(seen) == 10 and len({cd_grid.point_name(p) for p in seen}) == 10
-    with _pytest.raises(ValueError, match="not on the grid"):
+    with pytest.raises(ValueError, match="not on the grid"):
         cd_grid.axis_search(axes, score, start=dict(cd_grid.START, cd_weight=0.5))
