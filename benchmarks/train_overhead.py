@@ -85,14 +85,18 @@ class EpochTimer:
             self.hook(self.epoch)
         hooked = time.perf_counter()
         for batch in self.train:
-            loss = self.model.calculate_loss(batch)
-            loss = sum(loss) if isinstance(loss, tuple) else loss
-            self.optimizer.zero_grad()
-            loss.backward()
-            self.optimizer.step()
+            self.step(batch)
         self.totals.append(time.perf_counter() - start)
         self.hooks.append(hooked - start)
         self.epoch += 1
+
+    def step(self, batch):
+        """One training step, as RecBole's trainer takes it (a tuple of losses is summed)."""
+        loss = self.model.calculate_loss(batch)
+        loss = sum(loss) if isinstance(loss, tuple) else loss
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
 
     def medians(self):
         return statistics.median(self.totals), statistics.median(self.hooks)
@@ -195,32 +199,23 @@ def profile(args):
     """The top ops (self CPU time) of 30 training steps on pre-built batches, after 5 warm-up
     steps: the data loader and the per-epoch hook are outside the window, so the total is the
     steps' own compute."""
-    from recbole_derrd.trainer import fused_adam
-
     allowed = record_allowed(args)
     env = environment_line("python benchmarks/train_overhead.py --profile %s --tau %g --batch_size %d"
                            % (args.profile, args.tau, args.batch_size))
     model, train, hook, _ = prepared(args.profile, args.data_path, args.batch_size, args.tau)
-    optimizer = fused_adam(torch.optim.Adam(model.parameters(), lr=1e-3))
+    timer = EpochTimer(model, train, hook)
     if hook:
         hook(0)
     batches = list(train)[:35]
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    def step(batch):
-        loss = model.calculate_loss(batch)
-        loss = sum(loss) if isinstance(loss, tuple) else loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
     for batch in batches[:5]:  # warm-up: optimizer state and scratch buffers are allocated here
-        step(batch)
+        timer.step(batch)
     batches = batches[5:]
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         for batch in batches:
-            step(batch)
+            timer.step(batch)
     averages = prof.key_averages()
     total_ms = sum(event.self_cpu_time_total for event in averages) / 1e3
     lines = [env, "", "%d steps: %.1f ms of self CPU time, %.2f ms per step. Top ops:" % (
