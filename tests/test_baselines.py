@@ -106,19 +106,26 @@ def test_baselines_run_through_stock_run_recbole(tiny, model):
     assert result["best_valid_result"]["ndcg@10"] > 0
 
 
-def test_cd_grid_script_reads_the_shipped_grid_and_ranks_by_validation(tmp_path):
-    """results/citeulike/cd_grid.py: the 72 points of CD.hyper, keys the CD model reads, and a
-    summary ordered by the validation score (the test split is never part of a record)."""
+@pytest.fixture
+def cd_grid():
+    """results/citeulike/cd_grid.py, a script (not part of the package), loaded as a module."""
     import importlib.util
-    import json
     import os
 
     from conftest import ROOT
 
     spec = importlib.util.spec_from_file_location(
         "cd_grid", os.path.join(ROOT, "results", "citeulike", "cd_grid.py"))
-    cd_grid = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cd_grid)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cd_grid_script_reads_the_shipped_grid_and_ranks_by_validation(cd_grid, tmp_path):
+    """results/citeulike/cd_grid.py: the 72 points of CD.hyper, keys the CD model reads, and a
+    summary ordered by the validation score (the test split is never part of a record)."""
+    import json
+
     axes = dict(cd_grid.grid())
     assert set(axes) == {"cd_gamma", "cd_temperature", "cd_samples", "cd_weight"}
     assert [len(v) for v in axes.values()] == [3, 2, 2, 6]
@@ -131,18 +138,9 @@ def test_cd_grid_script_reads_the_shipped_grid_and_ranks_by_validation(tmp_path)
     assert "2 points finished (of 72)" in (tmp_path / "cd-grid.md").read_text()
 
 
-def test_cd_grid_axis_search_walks_one_axis_at_a_time_from_the_fixed_start():
+def test_cd_grid_axis_search_walks_one_axis_at_a_time_from_the_fixed_start(cd_grid):
     """The cheaper strategy: start point first, then each axis in order with the others held at
     the best so far; no point twice; a tie keeps the earlier point."""
-    import importlib.util
-    import os
-
-    from conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location(
-        "cd_grid", os.path.join(ROOT, "results", "citeulike", "cd_grid.py"))
-    cd_grid = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cd_grid)
     axes = cd_grid.grid()
     assert cd_grid.START == {"cd_gamma": 100.0, "cd_temperature": 1.0, "cd_samples": 10, "cd_weight": 0.01}
     # score: weight 0.1 best; gamma 10 best only once weight is 0.1; samples and t tie
