@@ -176,8 +176,7 @@ def rrd_memory_floor(data_path, batch_size, repeats=3):
     no loss).  Median of ``repeats`` passes over one epoch's batches."""
     model, train, hook, _ = prepared("RRD", data_path, batch_size, None)
     hook(0)
-    lists = torch.cat([model.interesting, model.uninteresting], 1)
-    indices = [lists[torch.unique(batch["user_id"])].reshape(-1) for batch in train]
+    indices = [model.rrd_lists[torch.unique(batch["user_id"])].reshape(-1) for batch in train]
     table = model.student.item_embedding.weight.detach()
     grad = torch.zeros_like(table)
 

@@ -128,7 +128,7 @@ class DistilledRecommender(GeneralRecommender):
             check_room(self.training_counts(dataset), self.n_items, self.rrd_top_n + self.rrd_l,
                        "rrd_top_n + rrd_l = %d" % (self.rrd_top_n + self.rrd_l))
             self.rrd_sampler = None
-            self.interesting = self.uninteresting = None
+            self.rrd_lists = self.interesting = self.uninteresting = None
         self.loss_part_names = tuple(names)
 
     # ------------------------------------------------------------------ teacher / hooks
@@ -171,8 +171,12 @@ class DistilledRecommender(GeneralRecommender):
                 raise RuntimeError("%s must be trained with its DistillationTrainer (teacher not prepared)"
                                    % type(self).__name__)
             interesting, uninteresting = self.rrd_sampler.sample(epoch)
-            self.interesting = torch.as_tensor(interesting, device=self.device)
-            self.uninteresting = torch.as_tensor(uninteresting, device=self.device)
+            # One [n_users, K + L] table: a batch's lists are then one index_select (10 us for
+            # ~800 users here) instead of two advanced indexings and a cat (105 us).
+            self.rrd_lists = torch.as_tensor(np.concatenate([interesting, uninteresting], 1),
+                                             device=self.device)
+            self.interesting = self.rrd_lists[:, : self.rrd_k]
+            self.uninteresting = self.rrd_lists[:, self.rrd_k:]
 
     # ------------------------------------------------------------------ losses
     def _batch_items(self, interaction):
@@ -206,11 +210,11 @@ class DistilledRecommender(GeneralRecommender):
         return experts.loss(student_repr(ids), target, self.tau, row_weights)
 
     def rrd_loss(self, interaction):
-        if self.interesting is None:
+        if self.rrd_lists is None:
             raise RuntimeError("%s must be trained with its DistillationTrainer (no RRD lists)"
                                % type(self).__name__)
         users = torch.unique(interaction[self.USER_ID])
-        items = torch.cat([self.interesting[users], self.uninteresting[users]], dim=1)
+        items = self.rrd_lists.index_select(0, users)
         scores = self.student_adapter.score(users, items)
         return relaxed_ranking_loss(scores[:, : self.rrd_k], scores[:, self.rrd_k:])
 
