@@ -185,20 +185,41 @@ def test_auto_path_goes_sparse_only_when_selection_is_sharp():
     assert torch.all(sharp[sharp > 0] >= 1e-6)  # nothing under the threshold, so no denormals
 
 
-@pytest.mark.parametrize("layout", ["balanced", "skewed", "one expert"])
-def test_sparse_tiles_match_definition_for_any_expert_load(layout):
-    """Balanced loads use the weights in place, skewed ones gather per tile: same values."""
+LAYOUTS = ["balanced", "skewed", "one expert"]
+
+
+def sparse_case(layout, n=40):
+    """5 experts 6 -> 10, n rows with one expert each (chosen by ``layout``), one row with two."""
     torch.manual_seed(0)
     experts = DistillationExperts(6, 10, num_experts=5).double()
-    n = 40
     if layout == "balanced":
         chosen = torch.arange(n) % 5
     elif layout == "skewed":
-        chosen = torch.where(torch.arange(n) < 32, 2, torch.arange(n) % 5)
+        chosen = torch.where(torch.arange(n) < n * 4 // 5, 2, torch.arange(n) % 5)
     else:
         chosen = torch.full((n,), 4)
     weights = torch.zeros(n, 5, dtype=torch.float64)
     weights[torch.arange(n), chosen] = torch.rand(n, dtype=torch.float64) + 0.5
     weights[0, (chosen[0] + 1) % 5] = 0.25  # a row with two experts
-    x = torch.randn(n, 6, dtype=torch.float64)
+    return experts, torch.randn(n, 6, dtype=torch.float64), weights
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sparse_tiles_match_definition_for_any_expert_load(layout):
+    """Balanced loads use the weights in place, skewed ones gather per tile: same values."""
+    experts, x, weights = sparse_case(layout)
     torch.testing.assert_close(experts.mix(x, weights, path="sparse"), explicit_experts(experts, x, weights))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sparse_backward_pass_gradcheck(layout):
+    """The sparse path's hand-written backward against finite differences (float64), with the
+    kept pairs fixed (a weight that is exactly 0 stays out of the sum and gets no gradient)."""
+    from recbole_derrd.distillation.experts import _SparseMixture, _Tiles
+
+    experts, x, weights = sparse_case(layout, n=12)
+    tiles = _Tiles.of(weights, experts.num_experts)
+    assert (tiles.expert is None) == (layout == "balanced")
+    params = [p.detach().clone().requires_grad_() for p in (experts.w1, experts.b1, experts.w2, experts.b2)]
+    inputs = (x.requires_grad_(), weights.requires_grad_(), *params)
+    assert torch.autograd.gradcheck(lambda *a: _SparseMixture.apply(*a, tiles), inputs)

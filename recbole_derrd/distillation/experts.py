@@ -155,6 +155,108 @@ def _tile_rows(counts):
     return min(sorted(candidates), key=lambda c: sum(math.ceil(n / c) for n in active) * c)
 
 
+class _Tiles:
+    """Where each kept (row, expert) pair goes in the sparse path's padded tiles.
+
+    Pairs are sorted by expert and cut into tiles of ``size`` slots holding one expert each;
+    all tiles run as one batched product.  When every expert fits one tile without much
+    padding there is exactly one tile per expert (``expert`` is None: the expert weights are
+    used in place); otherwise tile t runs expert ``expert[t]``.
+    """
+
+    def __init__(self, rows, flat, pair_slot, slot_rows, expert, count, size):
+        self.rows = rows            # [P] row of each pair
+        self.flat = flat            # [P] index of each pair's weight in weights.view(-1)
+        self.pair_slot = pair_slot  # [P] slot (tile * size + position) of each pair
+        self.slot_rows = slot_rows  # [count * size] row in each slot; n_rows marks padding
+        self.expert = expert        # [count] expert of each tile, or None (tile t = expert t)
+        self.count = count
+        self.size = size
+
+    @classmethod
+    def of(cls, weights, num_experts):
+        n = weights.shape[0]
+        rows, experts = torch.nonzero(weights, as_tuple=True)
+        order = torch.argsort(experts, stable=True)
+        rows, experts = rows[order], experts[order]
+        counts = torch.bincount(experts, minlength=num_experts)
+        count_list = counts.tolist()
+        first = torch.cumsum(counts, 0) - counts  # first pair of each expert
+        within = torch.arange(len(rows), device=rows.device) - first[experts]
+        if num_experts * max(count_list) <= 2 * len(rows):  # balanced: one tile per expert
+            size, expert, tiles_before = max(count_list), None, torch.arange(num_experts, device=rows.device)
+            n_tiles = num_experts
+        else:
+            size = _tile_rows(count_list)
+            per_expert = (counts + size - 1) // size
+            tiles_before = torch.cumsum(per_expert, 0) - per_expert
+            expert = torch.repeat_interleave(torch.arange(num_experts, device=rows.device), per_expert)
+            n_tiles = len(expert)
+        pair_slot = (tiles_before[experts] + within // size) * size + within % size
+        slot_rows = torch.full((n_tiles * size,), n, dtype=rows.dtype, device=rows.device)
+        slot_rows[pair_slot] = rows
+        return cls(rows, rows * num_experts + experts, pair_slot, slot_rows, expert, n_tiles, size)
+
+
+class _SparseMixture(torch.autograd.Function):
+    """sum over the kept pairs of weights[r, m] * E_m(x[r]), tiled by expert (see _Tiles).
+
+    The backward is written out (four batched products and one gather or scatter per input)
+    instead of autograd's graph through the padding, masks, gathers and scatters, which cost
+    more than the products themselves at CiteULike's batch sizes.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weights, w1, b1, w2, b2, tiles):
+        n, m = weights.shape
+        d_s, d_t = x.shape[1], w2.shape[1]
+        h = b1.numel() // m
+        experts = (w1.view(d_s, m, h).transpose(0, 1).contiguous(), b1.view(m, h), w2.view(m, h, d_t), b2)
+        if tiles.expert is not None:
+            experts = tuple(t.index_select(0, tiles.expert) for t in experts)
+        tile_w1, tile_b1, tile_w2, tile_b2 = experts
+        padded = torch.cat([x, x.new_zeros(1, d_s)]).index_select(0, tiles.slot_rows)
+        padded = padded.view(tiles.count, tiles.size, d_s)
+        hidden = torch.baddbmm(tile_b1.unsqueeze(1), padded, tile_w1).clamp_min_(0)
+        out = torch.baddbmm(tile_b2.unsqueeze(1), hidden, tile_w2)  # [tiles, size, d_t]
+        pair_out = out.view(-1, d_t).index_select(0, tiles.pair_slot)
+        pair_w = weights.reshape(-1).index_select(0, tiles.flat)
+        mixed = x.new_zeros(n, d_t).index_add_(0, tiles.rows, pair_out * pair_w.unsqueeze(1))
+        ctx.save_for_backward(padded, hidden, pair_out, pair_w, tile_w1, tile_w2)
+        ctx.tiles, ctx.sizes = tiles, (n, m, d_s, h, d_t)
+        return mixed
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        padded, hidden, pair_out, pair_w, tile_w1, tile_w2 = ctx.saved_tensors
+        tiles, (n, m, d_s, h, d_t) = ctx.tiles, ctx.sizes
+        pair_grad = grad.index_select(0, tiles.rows)  # [P, d_t]
+        grad_weights = None
+        if ctx.needs_input_grad[1]:
+            grad_weights = grad.new_zeros(n * m).index_copy_(
+                0, tiles.flat, torch.linalg.vecdot(pair_grad, pair_out)).view(n, m)
+        pair_grad.mul_(pair_w.unsqueeze(1))
+        grad_out = grad.new_zeros(tiles.count * tiles.size, d_t).index_copy_(0, tiles.pair_slot, pair_grad)
+        grad_out = grad_out.view(tiles.count, tiles.size, d_t)
+        grad_b2 = grad_out.sum(1)
+        grad_w2 = torch.bmm(hidden.transpose(1, 2), grad_out)
+        grad_hidden = torch.bmm(grad_out, tile_w2.transpose(1, 2))
+        grad_hidden = torch.ops.aten.threshold_backward.grad_input(grad_hidden, hidden, 0, grad_input=grad_hidden)
+        grad_b1 = grad_hidden.sum(1)
+        grad_w1 = torch.bmm(padded.transpose(1, 2), grad_hidden)  # [tiles, d_s, h]
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_padded = torch.bmm(grad_hidden, tile_w1.transpose(1, 2)).view(-1, d_s)
+            grad_x = grad.new_zeros(n + 1, d_s).index_add_(0, tiles.slot_rows, grad_padded)[:n]
+        if tiles.expert is not None:  # tiles -> experts
+            grad_w1, grad_b1, grad_w2, grad_b2 = (
+                g.new_zeros((m,) + g.shape[1:]).index_add_(0, tiles.expert, g)
+                for g in (grad_w1, grad_b1, grad_w2, grad_b2))
+        return (grad_x, grad_weights, grad_w1.transpose(0, 1).reshape(d_s, m * h), grad_b1.reshape(-1),
+                grad_w2.reshape(m * h, d_t), grad_b2, None)
+
+
 class DistillationExperts(nn.Module):
     """M experts d_s -> h -> d_t (ReLU) plus a selection network Linear(d_t -> M) + softmax.
 
@@ -211,52 +313,8 @@ class DistillationExperts(nn.Module):
                                        self._scratch)
         if path != "sparse":
             raise ValueError("path must be 'auto', 'dense' or 'sparse', got %r" % (path,))
-        rows, experts = torch.nonzero(weights, as_tuple=True)
-        order = torch.argsort(experts, stable=True)
-        rows, experts = rows[order], experts[order]
-        outputs = self._grouped(student_repr.index_select(0, rows),
-                                torch.bincount(experts, minlength=self.num_experts).tolist())
-        outputs = outputs * weights[rows, experts].unsqueeze(1)
-        mixed = student_repr.new_zeros(student_repr.shape[0], self.teacher_dim)
-        return mixed.index_add(0, rows, outputs)
-
-    def _grouped(self, x, counts):
-        """Row r of ``x`` (sorted by expert, ``counts`` rows per expert) through its expert only.
-
-        The rows are cut into padded tiles of one expert each and evaluated by two batched
-        products.  When every expert fits one tile without much padding, the weights are used
-        in place; otherwise each tile gathers its expert's weights.
-        """
-        m, h, d_s, d_t = self.num_experts, self.hidden, self.student_dim, self.teacher_dim
-        if m * max(counts) <= 2 * len(x):  # balanced: one tile per expert, weights in place
-            size = max(counts)
-            tile_expert = None
-            starts = torch.tensor([0] + counts[:-1]).cumsum(0)
-            lengths = torch.tensor(counts)
-        else:
-            size = _tile_rows(counts)
-            tile_expert, starts, lengths, offset = [], [], [], 0
-            for expert, count in enumerate(counts):
-                for first in range(0, count, size):
-                    tile_expert.append(expert)
-                    starts.append(offset + first)
-                    lengths.append(min(size, count - first))
-                offset += count
-            tile_expert, starts, lengths = (torch.tensor(v, device=x.device)
-                                            for v in (tile_expert, starts, lengths))
-        starts, lengths = starts.to(x.device), lengths.to(x.device)
-        within = torch.arange(size, device=x.device)
-        valid = within.unsqueeze(0) < lengths.unsqueeze(1)  # [tiles, size]
-        index = torch.where(valid, starts.unsqueeze(1) + within, len(x))  # padding -> zero row
-        padded = torch.cat([x, x.new_zeros(1, d_s)]).index_select(0, index.view(-1))
-        w1 = self.w1.view(d_s, m, h).transpose(0, 1)  # [M, d_s, h]
-        b1, w2 = self.b1.view(m, h), self.w2.view(m, h, d_t)
-        b2 = self.b2
-        if tile_expert is not None:
-            w1, b1, w2, b2 = (t.index_select(0, tile_expert) for t in (w1, b1, w2, b2))
-        hidden = torch.baddbmm(b1.unsqueeze(1), padded.view(len(valid), size, d_s), w1).relu_()
-        out = torch.baddbmm(b2.unsqueeze(1), hidden, w2)  # [tiles, size, d_t]
-        return out.view(-1, d_t)[valid.view(-1)]
+        tiles = _Tiles.of(weights, self.num_experts)
+        return _SparseMixture.apply(student_repr, weights, self.w1, self.b1, self.w2, self.b2, tiles)
 
     def forward(self, student_repr, teacher_repr, tau):
         return self.mix(student_repr, self.selection_weights(teacher_repr, tau))
