@@ -112,6 +112,16 @@ def test_dense_backward_pass_gradcheck():
     assert torch.autograd.gradcheck(lambda *a: _DenseMixture.apply(*a, pool), (x, weights, *params))
 
 
+def test_dense_block_rows_rule():
+    from recbole_derrd.distillation.experts import dense_block_rows
+
+    assert dense_block_rows(30 * 110, 200) == 400      # BPR 20 -> 200: 2 * d_t
+    assert dense_block_rows(30 * 275, 500) == 1000     # NeuMF 50 -> 500: 2 * d_t
+    assert dense_block_rows(30 * 40, 64) == (1 << 20) // 1200  # narrow teacher: the 4 MiB floor
+    assert dense_block_rows(30 * 5000, 10000) == (1 << 24) // 150000  # capped at 64 MiB
+    assert dense_block_rows(1 << 25, 10) == 1
+
+
 def low_tau_case(threshold, seed=0):
     torch.manual_seed(seed)
     experts = DistillationExperts(20, 200, num_experts=30, weight_threshold=threshold).double()
@@ -146,7 +156,7 @@ def test_dense_blocks_match_one_block_and_plain_autograd(monkeypatch):
         return sum(w[:, e:e + 1] * outs[e] for e in range(m))
 
     reference = run(plain)
-    monkeypatch.setattr(module, "DENSE_BLOCK_ELEMENTS", 8 * experts.num_experts * experts.hidden)
+    monkeypatch.setattr(module, "DENSE_BLOCK_MAX_ELEMENTS", 8 * experts.num_experts * experts.hidden)
     blocked = run(lambda x, w: experts.mix(x, w, path="dense"))  # 8 rows per block: 5 blocks
     assert len(blocked) == len(reference)
     for a, b in zip(blocked, reference):

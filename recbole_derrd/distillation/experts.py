@@ -57,10 +57,24 @@ def expert_hidden_size(student_dim, teacher_dim):
 SPARSE_MAX_ACTIVE_FRACTION = 0.25
 
 
-#: size of a block's [M*h, rows] temporaries in the dense path (4 MiB each in float32).
-#: Smaller blocks were slower on the benchmark machine (products too narrow), larger ones no
-#: faster; see test_dense_blocks_match_one_block_and_plain_autograd for correctness.
+#: smallest size of a block's [M*h, rows] temporaries in the dense path (4 MiB in float32).
 DENSE_BLOCK_ELEMENTS = 1 << 20
+#: largest size (64 MiB in float32; the backward holds three of them).
+DENSE_BLOCK_MAX_ELEMENTS = 1 << 24
+
+
+def dense_block_rows(mh, d_t):
+    """Rows per block of the dense path: at least 2 * d_t, at least DENSE_BLOCK_ELEMENTS / mh,
+    and at most DENSE_BLOCK_MAX_ELEMENTS / mh.
+
+    Every block streams the [M*h, d_t] second-layer weights through two products, so wider
+    teachers need taller blocks.  Measured on the 2-core machine (one step's two calls, tau 1):
+    BPR 20 -> 200 (M*h = 3300) 85-90 ms per step at 317-500 rows, slower above; NeuMF 50 ->
+    500 (M*h = 8250) 298 ms at 127 rows (the earlier fixed 4 MiB blocks), 224-226 ms at
+    800-2000 rows.  The result does not depend on the blocks beyond float rounding (tested).
+    """
+    rows = max(2 * d_t, DENSE_BLOCK_ELEMENTS // mh)
+    return max(1, min(rows, DENSE_BLOCK_MAX_ELEMENTS // mh))
 
 
 def _expert_major(weights):
@@ -90,7 +104,7 @@ class _DenseMixture(torch.autograd.Function):
         x_aug = torch.cat([x, x.new_ones(n, 1)], 1)
         w1_aug = torch.cat([w1, b1.unsqueeze(0)], 0)
         out = weights @ b2
-        rows = max(1, DENSE_BLOCK_ELEMENTS // mh)
+        rows = dense_block_rows(mh, w2.shape[1])
         hidden_buf, mixed_buf = pool.take((mh * rows,), x), pool.take((mh * rows,), x)
         weights_t = _expert_major(weights)
         for start in range(0, n, rows):
@@ -119,7 +133,7 @@ class _DenseMixture(torch.autograd.Function):
         grad_b2 = weights.t() @ grad_out
         grad_weights = grad_out @ b2.t()
         grad_x = x_aug.new_empty(n, x_aug.shape[1] - 1) if ctx.needs_input_grad[0] else None
-        rows = max(1, DENSE_BLOCK_ELEMENTS // mh)
+        rows = dense_block_rows(mh, w2.shape[1])
         bufs = [pool.take((mh * rows,), x_aug) for _ in range(3)]
         weights_t = _expert_major(weights)
         for start in range(0, n, rows):
