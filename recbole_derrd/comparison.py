@@ -206,6 +206,8 @@ def summarise(cells, methods, seeds):
             "method": method, "model": runs[0]["model"], "parameters": runs[0]["parameters"],
             "mean": stats["mean"], "std": stats["std"],
             "train_seconds": _mean_or_none([r["train_and_test_seconds"] for r in runs]),
+            # a resumed cell's clock started at its resume: its time undercounts the training
+            "resumed": any(r.get("resumed_from") for r in runs),
             "epochs": [_epochs_text(r) for r in runs],
             "inference_seconds_256_users": float(np.median(inference)) if inference else None,
         })
@@ -251,11 +253,15 @@ def markdown(summary, title):
             best = row["method"] != TEACHER and row["mean"][m] == summary["best"][m]
             cells.append("**%s**" % text if best else text)
         seconds = "-" if row["train_seconds"] is None else "%.0f" % row["train_seconds"]
+        seconds += "*" if row.get("resumed") else ""
         lines.append("| %s | %s | %s | %s | %s |" % (row["method"], format(row["parameters"], ","),
                                                      " | ".join(cells), seconds, ", ".join(row["epochs"])))
     lines += ["", "Bold: best mean per column, the teacher excepted. Mean +- std over seeds. Epochs "
               "count from 0, one entry per seed (the teacher: its best epoch only). Best baseline (by "
-              "N@10, not the teacher, DE/RRD/DE-RRD or the student): %s." % summary["best_baseline"], "",
+              "N@10, not the teacher, DE/RRD/DE-RRD or the student): %s." % summary["best_baseline"]
+              + (" *: resumed from a checkpoint (in at least one seed); the time counts the last process "
+                 "only (`resumed_from` in the JSON)." if any(r.get("resumed") for r in summary["rows"]) else ""),
+              "",
               "| method | vs | metric | mean per-user difference | Wilcoxon p | users |",
               "| --- | --- | --- | --- | --- | --- |"]
     for t in summary["tests"]:
@@ -275,13 +281,15 @@ def write_outputs(summary, cells, out_dir, title):
     with open(paths["csv"], "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["method", "parameters", "train_seconds", "inference_seconds_256_users"]
-                        + ["%s_mean" % m for m in summary["metrics"]] + ["%s_std" % m for m in summary["metrics"]])
+                        + ["%s_mean" % m for m in summary["metrics"]] + ["%s_std" % m for m in summary["metrics"]]
+                        + ["resumed"])
         for row in summary["rows"]:
             writer.writerow([row["method"], row["parameters"],
                              "" if row["train_seconds"] is None else "%.2f" % row["train_seconds"],
                              row["inference_seconds_256_users"]]
                             + ["%.6f" % row["mean"][m] for m in summary["metrics"]]
-                            + ["%.6f" % row["std"][m] for m in summary["metrics"]])
+                            + ["%.6f" % row["std"][m] for m in summary["metrics"]]
+                            + [int(bool(row.get("resumed")))])
     paths["json"] = os.path.join(out_dir, "comparison.json")
     with open(paths["json"], "w", encoding="utf-8") as handle:
         json.dump({"title": title, **{k: v for k, v in summary.items()},

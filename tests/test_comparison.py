@@ -4,6 +4,7 @@ import csv
 import glob
 import json
 import os
+import re
 
 import pytest
 
@@ -71,6 +72,14 @@ def test_interrupted_cell_restarts_from_its_last_checkpoint(tiny, tmp_path):
     report = comparison.run_comparison(config_dict=settings, methods=["Student", "DE"], seeds=[0], out_dir=out)
     assert report["cells"][("DE", 0)]["resumed_from"] == last[0]
     assert report["cells"][("Student", 0)]["resumed_from"] is None
+    # the table says which time started at a resume (it undercounts the training)
+    table = open(os.path.join(out, "comparison.md")).read()
+    de_row = next(line for line in table.splitlines() if line.startswith("| DE |"))
+    student_row = next(line for line in table.splitlines() if line.startswith("| Student |"))
+    assert re.search(r"\| \d+\* \|", de_row) and "*" not in student_row.replace("**", "")
+    assert "resumed from a checkpoint" in table
+    with open(os.path.join(out, "comparison.csv")) as handle:
+        assert {r["method"]: r["resumed"] for r in csv.DictReader(handle)} == {"Student": "0", "DE": "1"}
 
 
 def test_seed_statistics_against_hand_values():
