@@ -26,13 +26,16 @@ PAPER = {
 }
 
 
-def table(path, backbone="BPR"):
+def table(path, backbone=None):
+    """The file's rows beside the paper's; the backbone (BPR / NeuMF) is the student row's model."""
     with open(path, encoding="utf-8") as handle:
         data = json.load(handle)
+    if backbone is None:
+        backbone = next((row["model"] for row in data["rows"] if row["method"] == "Student"), "BPR")
     paper = PAPER[backbone]
     ours = {row["method"]: row for row in data["rows"]}
     names = [m.replace("hit", "H").replace("ndcg", "N") for m in METRICS]
-    lines = ["### " + data["title"], "",
+    lines = ["### %s (%s)" % (data["title"], backbone), "",
              "| method | " + " | ".join("%s ours | %s paper" % (n, n) for n in names)
              + " | N@10 vs student: ours | paper |", "|" + " --- |" * (2 * len(METRICS) + 3)]
     student = ours.get("Student")
