@@ -253,14 +253,14 @@ def markdown(summary, title):
             best = row["method"] != TEACHER and row["mean"][m] == summary["best"][m]
             cells.append("**%s**" % text if best else text)
         seconds = "-" if row["train_seconds"] is None else "%.0f" % row["train_seconds"]
-        seconds += "*" if row.get("resumed") else ""
+        seconds += "*" if row["resumed"] else ""
         lines.append("| %s | %s | %s | %s | %s |" % (row["method"], format(row["parameters"], ","),
                                                      " | ".join(cells), seconds, ", ".join(row["epochs"])))
     lines += ["", "Bold: best mean per column, the teacher excepted. Mean +- std over seeds. Epochs "
               "count from 0, one entry per seed (the teacher: its best epoch only). Best baseline (by "
               "N@10, not the teacher, DE/RRD/DE-RRD or the student): %s." % summary["best_baseline"]
               + (" *: resumed from a checkpoint (in at least one seed); the time counts the last process "
-                 "only (`resumed_from` in the JSON)." if any(r.get("resumed") for r in summary["rows"]) else ""),
+                 "only (`resumed_from` in the JSON)." if any(r["resumed"] for r in summary["rows"]) else ""),
               "",
               "| method | vs | metric | mean per-user difference | Wilcoxon p | users |",
               "| --- | --- | --- | --- | --- | --- |"]
@@ -289,7 +289,7 @@ def write_outputs(summary, cells, out_dir, title):
                              row["inference_seconds_256_users"]]
                             + ["%.6f" % row["mean"][m] for m in summary["metrics"]]
                             + ["%.6f" % row["std"][m] for m in summary["metrics"]]
-                            + [int(bool(row.get("resumed")))])
+                            + [int(row["resumed"])])
     paths["json"] = os.path.join(out_dir, "comparison.json")
     with open(paths["json"], "w", encoding="utf-8") as handle:
         json.dump({"title": title, **{k: v for k, v in summary.items()},
