@@ -53,6 +53,7 @@ setup(
         "scipy>=1.6",
         "setuptools<82",
         "pyyaml>=5.1",
+        "filelock>=3.12",  # one teacher training per cache entry across concurrent runs
     ],
     extras_require={"test": ["pytest>=7", "hyperopt==0.2.5", "matplotlib>=3.5"],
                     "tune": ["hyperopt==0.2.5"], "plot": ["matplotlib>=3.5"]},

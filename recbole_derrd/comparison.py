@@ -134,7 +134,7 @@ def cell_epochs(checkpoint_dir):
     ``last_epoch`` is the last evaluated epoch: below the ``epochs`` cap minus one, early
     stopping ended the run; at it, the cap did (and the method may not have converged).
     """
-    from recbole_derrd.compat import load_checkpoint
+    from recbole_derrd.checkpoints import load_checkpoint
 
     last = _newest(os.path.join(checkpoint_dir, "*-last.pth"))
     best = [f for f in glob.glob(os.path.join(checkpoint_dir, "*.pth")) if not f.endswith("-last.pth")]

@@ -7,8 +7,9 @@ confusing ``AttributeError`` deep inside RecBole.  Breaks that a pin cannot hand
 around here, deliberately and narrowly:
 
 * torch >= 2.6 loads with ``weights_only=True`` by default, which rejects every RecBole
-  checkpoint (they pickle the ``Config``).  :func:`load_checkpoint` is the one place the plugin
-  reads a checkpoint, through a restricted unpickler; ``torch.load`` itself is never patched.
+  checkpoint (they pickle the ``Config``).  :func:`recbole_derrd.checkpoints.load_checkpoint`
+  is the one place the plugin reads a checkpoint, through a restricted unpickler;
+  ``torch.load`` itself is never patched.
 * scipy >= 1.13 removed ``dok_matrix._update``, used by LightGCN/NGCF/GCMC/NCL/SpectralCF to
   build their adjacency matrix.  :func:`install_scipy_dok_update` restores it.
 * RecBole's distributed path (``run(..., nproc=N)``) assumes CUDA: ``Config._init_device``
@@ -24,6 +25,8 @@ import re
 import sys
 import warnings
 from importlib import metadata
+
+from recbole_derrd.checkpoints import TRUST_ENV, CheckpointError, load_checkpoint  # noqa: F401
 
 #: package -> (exclusive upper bound, why).  Mirrors ``install_requires`` in setup.py.
 UPPER_BOUNDS = {
@@ -79,51 +82,6 @@ def check_stack():
             + "\n  - ".join(problems)
             + "\nInstall with the pinned requirements: pip install -r requirements-lock.txt ."
         )
-
-
-# --------------------------------------------------------------------------- checkpoints
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated, corrupt or not what it should be."""
-
-
-TRUST_ENV = "RECBOLE_DERRD_TRUST_CHECKPOINTS"
-
-
-def load_checkpoint(path, map_location="cpu", trusted=None):
-    """Load a RecBole-style checkpoint (a pickled dict holding the Config) on any torch.
-
-    RecBole's checkpoints cannot be read with torch's ``weights_only=True`` (the default since
-    torch 2.6) because they pickle the Config.  They are read with
-    :mod:`recbole_derrd.safe_unpickle`, which resolves only what RecBole checkpoints contain and
-    refuses any other global, so a crafted file cannot run code.  ``trusted=True`` (or the
-    environment variable ``RECBOLE_DERRD_TRUST_CHECKPOINTS=1``) allows full unpickling, with a
-    warning, for trusted files holding other objects.
-    """
-    import torch
-
-    from recbole_derrd import safe_unpickle
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError("checkpoint file not found: %s" % path)
-    if trusted is None:
-        trusted = os.environ.get(TRUST_ENV, "") not in ("", "0", "false", "False")
-    if trusted:
-        warnings.warn("loading %s with full unpickling: only do this for files you trust" % path,
-                      stacklevel=2)
-    try:
-        if trusted:
-            return torch.load(path, map_location=map_location, weights_only=False)
-        return torch.load(path, map_location=map_location, weights_only=False,
-                          pickle_module=safe_unpickle)
-    except safe_unpickle.UnsafeCheckpointError as exc:
-        raise CheckpointError("refusing checkpoint %s: %s (set %s=1 only for files you trust)"
-                              % (path, exc, TRUST_ENV)) from exc
-    except Exception as exc:  # truncated zip, wrong format, ...
-        raise CheckpointError(
-            "cannot read checkpoint %s (truncated or corrupt?): %s: %s"
-            % (path, type(exc).__name__, exc)
-        ) from exc
 
 
 # --------------------------------------------------------------------------- scipy

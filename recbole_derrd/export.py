@@ -18,15 +18,17 @@ import os
 
 import yaml
 
-from recbole_derrd.checkpoints import atomic_save
-from recbole_derrd.compat import CheckpointError, load_checkpoint
+from recbole_derrd.checkpoints import CheckpointError, atomic_save, load_checkpoint
 from recbole_derrd.config import plugin_owned_keys, student_config
 
 STUDENT_PREFIX = "student."
-#: keys RecBole computes itself when it builds a Config; a yaml must not pin them.
+#: keys RecBole computes itself when it builds a Config, and those that choose devices,
+#: processes or network peers (the run that reads the yaml decides them): never written.
 DERIVED_KEYS = {
     "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "single_spec", "local_rank",
     "valid_neg_sample_args", "test_neg_sample_args", "valid_metric_bigger", "data_path",
+    "gpu_id", "use_gpu", "world_size", "nproc", "offset", "ip", "port", "config_file_list",
+    "resume",
 }
 
 
@@ -54,10 +56,14 @@ def export_student(checkpoint_file, out_dir):
     """Write the three files described in the module docstring; return their paths."""
     from recbole_derrd.registration import PLUGIN_MODELS
 
+    from recbole_derrd.backbones import ADAPTERS
+
     checkpoint = load_checkpoint(checkpoint_file)
     config = checkpoint.get("config")
     if config is None or config["model"] not in PLUGIN_MODELS:
         raise CheckpointError("%s is not a DE/RRD/DERRD checkpoint" % checkpoint_file)
+    if config["student_model"] not in ADAPTERS:
+        raise CheckpointError("%s names an unknown student_model %r" % (checkpoint_file, config["student_model"]))
     state = {k[len(STUDENT_PREFIX):]: v.detach().cpu() for k, v in checkpoint["state_dict"].items()
              if k.startswith(STUDENT_PREFIX)}
     sconfig = student_config(config, plugin_owned_keys(config, PLUGIN_MODELS.values()))

@@ -5,7 +5,7 @@
 * :func:`run_side_by_side` — teacher, student trained alone and a distilled student on one
   split, with the same test negatives, printed as one table with a paired significance test.
 * :func:`load_data_and_model` — RecBole's function of that name, reading the checkpoint
-  through :func:`recbole_derrd.compat.load_checkpoint`.
+  through :func:`recbole_derrd.checkpoints.load_checkpoint`.
 """
 
 import sys
@@ -17,7 +17,7 @@ from recbole.data.transform import construct_transform
 from recbole.utils import get_flops, get_model, get_trainer, init_logger, init_seed, set_color
 
 import recbole_derrd  # noqa: F401  (registration)
-from recbole_derrd.compat import load_checkpoint
+from recbole_derrd.checkpoints import load_checkpoint
 from recbole_derrd.config import student_config, plugin_owned_keys
 from recbole_derrd.evaluation import (PAIRED_METRICS, comparable_test, over_seeds, paired_test,
                                       per_user_over_seeds)
@@ -210,12 +210,43 @@ def run_seeds(model="DERRD", dataset=None, config_file_list=None, seeds=(0, 1, 2
 
 
 def load_data_and_model(model_file):
-    """RecBole's ``load_data_and_model``, reading the checkpoint with the plugin's loader."""
+    """RecBole's ``load_data_and_model``, reading the checkpoint with the plugin's loader.
+
+    The Config is rebuilt, not taken from the file: a fresh ``Config`` for the checkpoint's
+    model and dataset, fed (through a yaml file, so RecBole never evaluates a string from the
+    checkpoint) with the checkpoint's plain settings: dataset, split, evaluation and model
+    keys.  Device, GPU, distributed and path-of-run keys (``gpu_id``, ``world_size``, ``ip``,
+    ``config_file_list``, ...) are this process's, never the file's.
+    """
+    import os
+    import tempfile
+
+    import yaml
+
+    from recbole_derrd.checkpoints import CheckpointError
+    from recbole_derrd.export import plain_settings
+    from recbole_derrd.safe_unpickle import model_classes
+
     checkpoint = load_checkpoint(model_file)
-    config = checkpoint["config"]
+    saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(saved, Config):
+        raise CheckpointError("checkpoint %s holds no RecBole Config" % model_file)
+    model_name, dataset = saved["model"], saved["dataset"]
+    if model_name not in {cls.__name__ for cls in model_classes()}:
+        raise CheckpointError("checkpoint %s names an unknown model %r" % (model_file, model_name))
+    if not isinstance(dataset, str) or not dataset or os.sep in dataset or dataset.startswith("."):
+        raise CheckpointError("checkpoint %s names an invalid dataset %r" % (model_file, dataset))
+    handle, settings_file = tempfile.mkstemp(prefix="recbole-derrd-", suffix=".yaml")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            yaml.safe_dump(plain_settings(saved), stream)
+        config = Config(model=model_name, dataset=dataset, config_file_list=[settings_file])
+    finally:
+        os.remove(settings_file)
     data, train_data, valid_data, test_data = load_data(config)
     init_seed(config["seed"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    model.load_state_dict(checkpoint["state_dict"])
-    model.load_other_parameter(checkpoint.get("other_parameter"))
+    from recbole_derrd.trainer import load_model_state
+
+    load_model_state(model, checkpoint, model_file)
     return config, model, data, train_data, valid_data, test_data

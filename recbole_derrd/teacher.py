@@ -9,20 +9,30 @@ overrides, the training keys in :data:`TRAINING_KEYS`, the dataset keys RecBole 
 splits with, the seed) and a fingerprint of the data itself (user and item token maps, the
 training and validation interactions).  Any change gives a new key, so a cached teacher is never
 silently reused with different settings.
+
+Concurrent runs: the check-train-write of one cache entry holds a file lock
+(``<entry>.pth.lock``, via ``filelock``), so a second run that needs the same teacher waits and
+then reuses it instead of training it again.  The operating system releases the lock of a
+killed process, so a crashed run never blocks the next one.  A cached file that cannot be read
+is moved aside (``.corrupt-<time>``, kept) and the teacher is retrained, with a warning.
 """
 
+import contextlib
 import hashlib
 import json
 import os
+import time
 from logging import getLogger
+
+import filelock
 
 import numpy as np
 
 from recbole.data.utils import get_dataloader
 from recbole.utils import dataset_arguments, get_trainer, init_seed
 
-from recbole_derrd.checkpoints import atomic_save
-from recbole_derrd.compat import CheckpointError, barrier, is_main_process, load_checkpoint
+from recbole_derrd.checkpoints import CheckpointError, atomic_save, load_checkpoint
+from recbole_derrd.compat import barrier, is_main_process
 from recbole_derrd.config import stock_model_yaml
 
 CACHE_FORMAT = 1
@@ -143,11 +153,14 @@ def verify_checkpoint(checkpoint, path, tconfig, fingerprint):
 
 
 def train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress=False):
-    """Train ``teacher`` with RecBole's Trainer on the student's split; save it to ``path``.
+    """Train ``teacher`` with RecBole's Trainer on the student's split; return its best checkpoint.
 
     Resumable: the training writes ``<path>.training`` (best) and its "last" checkpoint every
     evaluation; a call that finds them (same teacher key, so same settings and data) continues
-    from the last one, exactly as the uninterrupted run would have.
+    from the last one, exactly as the uninterrupted run would have, and a last checkpoint of a
+    training that had already ended trains nothing more.  A "last" checkpoint that cannot be
+    used (unreadable, or its best checkpoint is gone) is moved aside and training starts over.
+    The files stay until :func:`remove_training_files` (after the cache is written).
 
     Under DDP every rank trains it together (RecBole's distributed Trainer); rank 0 writes the
     best checkpoint and the others read it after a barrier.
@@ -165,19 +178,66 @@ def train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress=
     trainer.saved_model_file = path + ".training"
     last = last_checkpoint_path(trainer.saved_model_file)
     if os.path.exists(last):  # an earlier run of this very teacher was interrupted: continue it
-        logger.info("Resuming the teacher's training from %s" % last)
-        trainer.resume_checkpoint(last, train_data=loader)
+        try:
+            checkpoint = trainer.read_resume_checkpoint(last)
+        except CheckpointError as exc:
+            _move_aside(last, "unusable", "cannot resume the teacher's training (%s)" % exc)
+        else:
+            logger.info("Resuming the teacher's training from %s" % last)
+            trainer.resume_checkpoint(last, train_data=loader, checkpoint=checkpoint)
     trainer.fit(loader, valid_data, saved=True, show_progress=show_progress)
     barrier()
     best = load_checkpoint(trainer.saved_model_file, map_location=tconfig["device"])
     barrier()
-    # Only a finished training removes its checkpoints: after an interruption (an exception,
-    # Ctrl-C, a killed process) they stay, and the next call resumes from the last one.
-    for leftover in (last, trainer.saved_model_file):  # "last" first: it is what resumes
-        if is_main_process() and os.path.exists(leftover):
-            os.remove(leftover)
     teacher.load_state_dict(best["state_dict"])
     return best
+
+
+def remove_training_files(path):
+    """Drop a finished teacher training's checkpoints (``last`` first: it is what resumes).
+
+    Only a training whose teacher is cached removes them: after an interruption (an exception,
+    Ctrl-C, a killed process) they stay, and the next call resumes from the last one.
+    """
+    from recbole_derrd.trainer import last_checkpoint_path
+
+    training = path + ".training"
+    for leftover in (last_checkpoint_path(training), training):
+        if is_main_process() and os.path.exists(leftover):
+            os.remove(leftover)
+
+
+def _move_aside(path, reason, why):
+    """Rename an unusable file to ``<path>.<reason>-<time>`` (kept for inspection) and warn."""
+    target = "%s.%s-%s" % (path, reason, time.strftime("%Y%m%d-%H%M%S"))
+    if is_main_process():
+        os.replace(path, target)
+    getLogger().warning("%s: moved %s aside to %s" % (why, path, target))
+    return target
+
+
+@contextlib.contextmanager
+def cache_lock(path):
+    """Hold ``<path>.lock`` while one run checks, trains and writes one cache entry.
+
+    Under DDP rank 0 holds it for the group; the other ranks wait at a barrier.
+    """
+    lock = filelock.FileLock(path + ".lock") if is_main_process() else None
+    if lock is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            getLogger().warning("another run is preparing the teacher %s (lock %s held): waiting "
+                                "for it" % (path, lock.lock_file))
+            lock.acquire()
+    barrier()
+    try:
+        yield
+    finally:
+        barrier()
+        if lock is not None:
+            lock.release()
 
 
 def prepare_teacher(model, train_data, valid_data, show_progress=False):
@@ -197,21 +257,38 @@ def prepare_teacher(model, train_data, valid_data, show_progress=False):
     else:
         description = cache_description(tconfig, fingerprint)
         path = cache_path(config, tconfig, cache_key(description))
-        if os.path.isfile(path):
-            checkpoint = load_checkpoint(path, map_location=config["device"])
-            if checkpoint.get("derrd_teacher") != description:
-                raise CheckpointError("cached teacher %s does not match its key; delete it" % path)
-            _load_weights(teacher, checkpoint["state_dict"], path)
-            logger.info("Teacher loaded from cache %s" % path)
-        else:
-            checkpoint = train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress)
-            if is_main_process():
-                _write_cache(path, tconfig, checkpoint, teacher, description)
-            logger.info("Teacher saved to cache %s" % path)
+        with cache_lock(path):
+            checkpoint = _read_cache(path, description, teacher, config["device"])
+            if checkpoint is not None:
+                logger.info("Teacher loaded from cache %s" % path)
+            else:
+                checkpoint = train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress)
+                if is_main_process():
+                    _write_cache(path, tconfig, checkpoint, teacher, description)
+                barrier()
+                remove_training_files(path)
+                logger.info("Teacher saved to cache %s" % path)
     model.teacher_epoch = checkpoint.get("epoch")
     teacher.zero_grad(set_to_none=True)  # drop gradients left over from its own training
     teacher.eval().requires_grad_(False)
     return teacher
+
+
+def _read_cache(path, description, teacher, device):
+    """The cached checkpoint loaded into ``teacher``; None when there is none or it was unusable
+    (moved aside with a warning: the teacher is then trained again)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        checkpoint = load_checkpoint(path, map_location=device)
+        if not isinstance(checkpoint, dict) or checkpoint.get("derrd_teacher") != description:
+            raise CheckpointError("cached teacher %s does not match its key" % path)
+        _load_weights(teacher, checkpoint["state_dict"], path)
+    except CheckpointError as exc:
+        barrier()
+        _move_aside(path, "corrupt", "cached teacher unusable (%s); it is retrained" % exc)
+        return None
+    return checkpoint
 
 
 def _write_cache(path, tconfig, best, teacher, description):

@@ -2,16 +2,20 @@
 
 * :class:`SafeCheckpointMixin` replaces the two places RecBole's Trainer reads a checkpoint
   (``evaluate(load_best_model=True)`` and ``resume_checkpoint``) with
-  :func:`recbole_derrd.compat.load_checkpoint`, writes every checkpoint atomically, and keeps a
+  :func:`recbole_derrd.checkpoints.load_checkpoint`, writes every checkpoint atomically, and keeps a
   per-epoch "last" checkpoint (``<best file>-last.pth``) holding everything needed to resume
   bit-for-bit: model, optimizer, epoch, early-stopping state, best result, the path of the best
   checkpoint and every random state (python, numpy, torch, the training loader's generator).
-  ``resume: <last checkpoint>`` (or ``--resume=...`` on the command line) continues a run.
+  ``resume: <last checkpoint>`` (or ``--resume=...`` on the command line) continues a run;
+  the file is checked (model, tensors, best checkpoint) before anything trains, and a run that
+  had already ended (epoch cap or early stopping) trains nothing and keeps its best checkpoint,
+  where RecBole's ``fit`` would save the last-epoch weights as the best.
 * :class:`DistillationTrainer` prepares the teacher before training, re-seeds so that the
   student's random stream does not depend on whether the teacher was trained or cached, and
   calls the model's per-epoch hook (temperature annealing, RRD resampling).
 """
 
+import os
 import random
 
 import numpy as np
@@ -19,8 +23,7 @@ import torch
 from recbole.trainer import Trainer
 from recbole.utils import init_seed, set_color
 
-from recbole_derrd.checkpoints import atomic_save
-from recbole_derrd.compat import CheckpointError, load_checkpoint
+from recbole_derrd.checkpoints import CheckpointError, atomic_save, load_checkpoint
 
 LAST_SUFFIX = "-last.pth"
 
@@ -49,15 +52,22 @@ def restore_random_states(states, train_data=None):
 class SafeCheckpointMixin:
     """Checkpoint handling for any RecBole ``Trainer``: safe loading, atomic saving, resuming.
 
-    Reads go through :func:`recbole_derrd.compat.load_checkpoint` instead of a bare
+    Reads go through :func:`recbole_derrd.checkpoints.load_checkpoint` instead of a bare
     ``torch.load``; writes are atomic; after every evaluation a "last" checkpoint is written and
-    ``config['resume']`` continues from one (see the module docstring).
+    ``config['resume']`` continues from one (see the module docstring).  Checkpoint names carry
+    a random token after RecBole's one-second time stamp, so two runs started in the same
+    second in one ``checkpoint_dir`` never overwrite each other's files.
     """
 
-    def _load_into_model(self, checkpoint_file):
-        checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
-        self.model.load_state_dict(checkpoint["state_dict"])
-        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.saved_model_file = unique_checkpoint_name(self.saved_model_file)
+        self._resumed = False
+
+    def _load_into_model(self, checkpoint_file, checkpoint=None):
+        if checkpoint is None:
+            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
+        load_model_state(self.model, checkpoint, checkpoint_file)
         return checkpoint
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
@@ -101,11 +111,40 @@ class SafeCheckpointMixin:
                       "random_states": random_states(train_data)})
         atomic_save(state, last_checkpoint_path(self.saved_model_file), pickle_protocol=4)
 
+    def read_resume_checkpoint(self, resume_file):
+        """Load and check a checkpoint to resume from, before anything is trained.
+
+        Raises :class:`CheckpointError` naming the file when it is missing, a directory, refused,
+        saved by another model, without optimizer state, or when the best checkpoint a "last"
+        checkpoint points to is gone.
+        """
+        resume_file = str(resume_file)
+        checkpoint = load_checkpoint(resume_file, map_location=self.device)
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "config" not in checkpoint:
+            raise CheckpointError("resume checkpoint %s is not a RecBole checkpoint" % resume_file)
+        saved_model = checkpoint["config"]["model"]
+        if str(saved_model).lower() != self.config["model"].lower():
+            raise CheckpointError("resume checkpoint %s was saved by model %s; this run is %s"
+                                  % (resume_file, saved_model, self.config["model"]))
+        if not checkpoint.get("optimizer"):
+            raise CheckpointError("%s has no optimizer state: it cannot be resumed" % resume_file)
+        check_model_state(self.model, checkpoint, resume_file)
+        if checkpoint.get("last") and not os.path.isfile(str(checkpoint.get("best_model_file"))):
+            raise CheckpointError(
+                "resume checkpoint %s points to its best checkpoint %s, which is missing: the run's "
+                "best model cannot be recovered" % (resume_file, checkpoint.get("best_model_file")))
+        return checkpoint
+
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
-            callback_fn=None):
+            callback_fn=None, resume_checkpoint=None):
         resume = self.config["resume"]
         if resume:
-            self.resume_checkpoint(resume, train_data=train_data)
+            self.resume_checkpoint(resume, train_data=train_data, checkpoint=resume_checkpoint)
+        if self._resumed and self._finished():
+            # RecBole's fit would save the current (last-epoch) weights as the *best* model here.
+            self.logger.info("Checkpoint %s ended its run (epoch cap or early stopping): nothing "
+                             "to train; the best model stays %s" % (resume, self.saved_model_file))
+            return self.best_valid_score, self.best_valid_result
 
         def after_evaluation(epoch_idx, valid_score):
             if saved:
@@ -116,25 +155,71 @@ class SafeCheckpointMixin:
         return super().fit(train_data, valid_data, verbose=verbose, saved=saved,
                            show_progress=show_progress, callback_fn=after_evaluation)
 
-    def resume_checkpoint(self, resume_file, train_data=None):
+    def _finished(self):
+        """A resumed run has nothing left: the epoch cap is reached or early stopping fired."""
+        return self.start_epoch >= self.epochs or self.cur_step > self.stopping_step
+
+    def resume_checkpoint(self, resume_file, train_data=None, checkpoint=None):
         """RecBole's resume; a "last" checkpoint also restores the best file and random states."""
         resume_file = str(resume_file)
+        if checkpoint is None:
+            checkpoint = self.read_resume_checkpoint(resume_file)
         self.saved_model_file = resume_file
-        checkpoint = self._load_into_model(resume_file)
-        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
-            self.logger.warning("checkpoint %s was saved by model %s, not %s"
-                                % (resume_file, checkpoint["config"]["model"], self.config["model"]))
+        self._load_into_model(resume_file, checkpoint)
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
-        if not checkpoint.get("optimizer"):
-            raise CheckpointError("%s has no optimizer state: it cannot be resumed" % resume_file)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if checkpoint.get("last"):
             self.saved_model_file = checkpoint["best_model_file"]
             self.best_valid_result = checkpoint["best_valid_result"]
             restore_random_states(checkpoint["random_states"], train_data)
+        self._resumed = True
         self.logger.info("Checkpoint loaded. Resume training from epoch {}".format(self.start_epoch))
+
+
+def unique_checkpoint_name(saved_model_file):
+    """``<Model>-<time>.pth`` -> ``<Model>-<time>-<8 hex>.pth``; under DDP every rank gets rank
+    0's token (rank 0 writes, the others read the same file)."""
+    token = torch.tensor(int.from_bytes(os.urandom(4), "little"), dtype=torch.int64)
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.broadcast(token, src=0)
+    stem = saved_model_file[:-4] if saved_model_file.endswith(".pth") else saved_model_file
+    return "%s-%08x.pth" % (stem, int(token))
+
+
+def check_model_state(model, checkpoint, source):
+    """Raise :class:`CheckpointError` naming ``source`` unless its tensors fit ``model``."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError("checkpoint %s has no state_dict" % source)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(state)
+                    if not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape)
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes)):
+            if keys:
+                parts.append("%s: %s%s" % (label, ", ".join(keys[:5]), " ..." if len(keys) > 5 else ""))
+        raise CheckpointError("checkpoint %s does not fit model %s (%s)"
+                              % (source, type(model).__name__, "; ".join(parts)))
+    other = checkpoint.get("other_parameter")
+    allowed = set(getattr(model, "other_parameter_name", None) or ())
+    if other is not None and (not isinstance(other, dict) or not set(other) <= allowed):
+        raise CheckpointError("checkpoint %s sets attributes %s that model %s does not keep"
+                              % (source, sorted(set(other) - allowed) if isinstance(other, dict) else other,
+                                 type(model).__name__))
+
+
+def load_model_state(model, checkpoint, source):
+    """Load a checkpoint's tensors and other parameters into ``model``, checked first."""
+    check_model_state(model, checkpoint, source)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
 
 
 _SAFE_CLASSES = {}
@@ -181,13 +266,17 @@ class DistillationTrainer(SafeCheckpointMixin, Trainer):
         return fused_adam(optimizer) if self.config["fused_adam"] else optimizer
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
-            callback_fn=None):
+            callback_fn=None, resume_checkpoint=None):
+        # A bad ``resume`` fails here, before the teacher is trained.
+        if self.config["resume"] and resume_checkpoint is None:
+            resume_checkpoint = self.read_resume_checkpoint(self.config["resume"])
         self.model.prepare(train_data, valid_data, show_progress=show_progress)
         # The teacher may just have been trained (consuming random numbers) or loaded: restart
         # the stream so the student trains identically in both cases.
         init_seed(self.config["seed"] + self.config["local_rank"], self.config["reproducibility"])
         return super().fit(train_data, valid_data, verbose=verbose, saved=saved,
-                           show_progress=show_progress, callback_fn=callback_fn)
+                           show_progress=show_progress, callback_fn=callback_fn,
+                           resume_checkpoint=resume_checkpoint)
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.start_epoch(epoch_idx)
