@@ -30,7 +30,10 @@ def atomic_save(obj, path, **kwargs):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    try:
+        handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    except OSError as exc:  # name the checkpoint, not the temporary file
+        raise OSError(exc.errno, "cannot write checkpoint %s: %s" % (path, exc.strerror)) from exc
     try:
         with os.fdopen(handle, "wb") as stream:
             torch.save(obj, stream, **kwargs)

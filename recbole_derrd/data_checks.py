@@ -6,6 +6,10 @@ checks run when the Config is built, before anything is trained, and name the fi
 """
 
 import os
+import warnings
+
+#: RecBole's atomic-file column types.
+COLUMN_TYPES = ("token", "token_seq", "float", "float_seq")
 
 
 def interaction_files(config):
@@ -18,7 +22,9 @@ def interaction_files(config):
 
 
 def check_interaction_file(path, config):
-    """Raise a clear error when ``path`` is missing, empty, or lacks the user/item columns."""
+    """Raise a clear error when ``path`` is missing, empty, lacks the user/item columns, has a
+    column without a known ``:type`` or a non-numeric value in a ``float`` column; warn about
+    duplicate (user, item) rows.  Every message names the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
             "dataset file not found: %s (dataset=%r, data_path=%r)"
@@ -30,15 +36,74 @@ def check_interaction_file(path, config):
     if not header.strip():
         raise ValueError("dataset file %s is empty: it needs a header such as "
                          "'user_id:token<TAB>item_id:token' and one interaction per line" % path)
-    columns = [column.split(":")[0] for column in header.split(separator)]
+    fields = header.split(separator)
+    for field in fields:
+        name, _, kind = field.partition(":")
+        if kind not in COLUMN_TYPES:
+            raise ValueError("dataset file %s: header column %r needs a type, one of %s (e.g. '%s:token')"
+                             % (path, field, ", ".join(":" + t for t in COLUMN_TYPES), name))
+    columns = [field.split(":")[0] for field in fields]
     for key in ("USER_ID_FIELD", "ITEM_ID_FIELD"):
         if config[key] not in columns:
             raise ValueError("dataset file %s has no %r column (%s); its columns are %s"
                              % (path, config[key], key, columns))
     if not first_row:
         raise ValueError("dataset file %s has a header but no interactions" % path)
+    return _check_rows(path, config, fields, separator)
+
+
+def _check_rows(path, config, fields, separator):
+    """Numeric ``float`` columns; the number of duplicate (user, item) rows (warned about)."""
+    import pandas as pd
+
+    wanted = (config["load_col"] or {}).get("inter") if isinstance(config["load_col"], dict) else None
+    used = [f for f in fields if wanted is None or f.split(":")[0] in wanted]
+    table = pd.read_csv(path, sep=separator, usecols=used, dtype=str, encoding="utf-8",
+                        keep_default_na=False, engine="c" if len(separator) == 1 else "python")
+    table.columns = [f.split(":")[0] for f in used]
+    for field in used:
+        name, _, kind = field.partition(":")
+        if kind != "float":
+            continue
+        text = table[name].str.strip()
+        bad = text.ne("") & pd.to_numeric(text, errors="coerce").isna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise ValueError("dataset file %s, line %d: column %r (float) holds %r, not a number"
+                             % (path, row + 2, name, table[name].iloc[row]))
+    pairs = table[[config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]]]
+    duplicates = int(pairs.duplicated().sum())
+    if duplicates and not config["rm_dup_inter"]:
+        warnings.warn("dataset file %s has %d duplicate (user, item) rows: RecBole keeps them, so a "
+                      "held-out pair can also be a training pair; set rm_dup_inter: first to drop them"
+                      % (path, duplicates), stacklevel=2)
+    return duplicates
 
 
 def check_dataset_files(config):
     for path in interaction_files(config):
         check_interaction_file(path, config)
+    parts = config["benchmark_filename"]
+    if parts and len(parts) == 3:
+        check_held_out_pairs(config, *interaction_files(config))
+
+
+def check_held_out_pairs(config, train_path, *held_out_paths):
+    """Warn when pre-split files put a (user, item) pair both in training and in valid/test."""
+    import pandas as pd
+
+    separator = config["field_separator"] or "\t"
+    keys = (config["USER_ID_FIELD"], config["ITEM_ID_FIELD"])
+
+    def pairs(path):
+        table = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, encoding="utf-8")
+        table.columns = [c.split(":")[0] for c in table.columns]
+        return set(zip(table[keys[0]], table[keys[1]]))
+
+    train = pairs(train_path)
+    for path in held_out_paths:
+        held = pairs(path)
+        leaked = len(held & train)
+        if leaked:
+            warnings.warn("dataset file %s: %d of its %d (user, item) pairs are also in %s"
+                          % (path, leaked, len(held), train_path), stacklevel=2)

@@ -6,8 +6,8 @@
 * Trainers: ``get_trainer`` looks up ``recbole.trainer.<Model>Trainer``.
 * Properties: RecBole only reads yaml files beside its own package, so ``Config`` learns to
   layer the plugin's files (see :mod:`recbole_derrd.config`) and to take the model input type
-  (pairwise/pointwise) from the student backbone, and checks the dataset's files before any
-  training.  Both hooks act only on plugin models.
+  (pairwise/pointwise) from the student backbone, and checks the run's settings and the
+  dataset's files before any training.  Both hooks act only on plugin models.
 """
 
 import os
@@ -21,6 +21,7 @@ from recbole_derrd import config as plugin_config
 from recbole_derrd.compat import patch_method
 from recbole_derrd.data_checks import check_dataset_files
 from recbole_derrd.model import baselines, distilled
+from recbole_derrd.settings_checks import check_run_settings
 from recbole_derrd.trainer import DistillationTrainer
 
 PLUGIN_MODELS = {"DE": distilled.DE, "RRD": distilled.RRD, "DERRD": distilled.DERRD,
@@ -51,6 +52,7 @@ def _set_default_parameters(self):
     if is_plugin_model(self.model_class):
         student = get_model(self.final_config_dict["student_model"])
         self.final_config_dict["MODEL_INPUT_TYPE"] = student.input_type
+        check_run_settings(self)
         check_dataset_files(self)
 
 

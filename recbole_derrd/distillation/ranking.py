@@ -13,15 +13,18 @@ import torch
 SCORE_CHUNK_ELEMENTS = 1 << 24
 
 
-def check_room(train_counts, n_items, needed, what):
-    """Every user must have ``needed`` items that are neither training items nor padding."""
+def check_room(train_counts, n_items, needed, what, user_label=str):
+    """Every user must have ``needed`` items that are neither training items nor padding.
+
+    ``user_label`` turns an internal user id into what the message shows (e.g. its token).
+    """
     room = (n_items - 1) - train_counts
     worst = int(np.argmin(room)) if len(room) else 0
     if len(room) and room[worst] < needed:
         raise ValueError(
-            "%s needs %d unobserved items per user, but user id %d has only %d "
+            "%s needs %d unobserved items per user, but user %s has only %d "
             "(n_items - 1 - its %d training items)"
-            % (what, needed, worst, room[worst], train_counts[worst])
+            % (what, needed, user_label(worst), room[worst], train_counts[worst])
         )
 
 

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from recbole_derrd.distillation.ranking import check_room
-from recbole_derrd.model.distilled import DistilledRecommender, _non_negative, _positive
+from recbole_derrd.model.distilled import (DistilledRecommender, _non_negative, _positive, _positive_int,
+                                           user_token_label)
 
 #: CD keeps the teacher's ranking down to the depth that holds all but this much probability.
 CD_TAIL_MASS = 1e-6
@@ -37,12 +38,13 @@ class RD(DistilledRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.rd_weight = _non_negative(config, "rd_weight")
-        self.rd_k = int(_positive(config, "rd_k"))
+        self.rd_k = _positive_int(config, "rd_k")
         self.rd_lambda = _positive(config, "rd_lambda")
         self.rd_mu = _positive(config, "rd_mu")
-        self.rd_samples = int(_positive(config, "rd_samples"))
+        self.rd_samples = _positive_int(config, "rd_samples")
         self.rd_warmup = int(_non_negative(config, "rd_warmup_epochs"))
-        check_room(self.training_counts(dataset), self.n_items, self.rd_k, "rd_k=%d" % self.rd_k)
+        check_room(self.training_counts(dataset), self.n_items, self.rd_k, "rd_k=%d" % self.rd_k,
+                   user_token_label(dataset))
         positions = torch.arange(1, self.rd_k + 1, dtype=torch.float32)
         static = torch.exp(-positions / self.rd_lambda)
         self.register_buffer("rd_static_weights", static / static.sum(), persistent=False)
@@ -89,12 +91,12 @@ class CD(DistilledRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.cd_weight = _non_negative(config, "cd_weight")
-        self.cd_samples = int(_positive(config, "cd_samples"))
+        self.cd_samples = _positive_int(config, "cd_samples")
         self.cd_gamma = _positive(config, "cd_gamma")
         self.cd_temperature = _positive(config, "cd_temperature")
         counts = self.training_counts(dataset)
         self.cd_unobserved = torch.as_tensor((self.n_items - 1) - counts, dtype=torch.float64)
-        check_room(counts, self.n_items, 1, "CD")
+        check_room(counts, self.n_items, 1, "CD", user_token_label(dataset))
         # Depth of the teacher ranking kept: where the rank-aware law leaves < CD_TAIL_MASS
         # (-ln(mass) * |I_u^-| / gamma ranks), at most the smallest user's unobserved count.
         needed = math.ceil(-math.log(CD_TAIL_MASS) * float(self.cd_unobserved.max()) / self.cd_gamma)

@@ -11,6 +11,8 @@ deep-copied by RecBole's ``get_flops``.  Its weights are filled in by
 or loaded from ``teacher_checkpoint``).
 """
 
+import math
+
 import numpy as np
 import torch
 
@@ -42,18 +44,39 @@ class FrozenTeacher:
         return self
 
 
-def _positive(config, key):
+def _number(config, key):
     value = config[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError("%s=%r must be a finite number" % (key, value))
+    return value
+
+
+def _positive(config, key):
+    value = _number(config, key)
+    if value <= 0:
         raise ValueError("%s=%r must be a positive number" % (key, value))
     return value
 
 
 def _non_negative(config, key):
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    value = _number(config, key)
+    if value < 0:
         raise ValueError("%s=%r must be a number >= 0" % (key, value))
     return value
+
+
+def _positive_int(config, key):
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("%s=%r must be a positive integer" % (key, value))
+    return value
+
+
+def user_token_label(dataset):
+    """Internal user id -> ``'<token>' (internal id N)`` for messages."""
+    def label(uid):
+        return "%r (internal id %d)" % (str(dataset.id2token(dataset.uid_field, uid)), uid)
+    return label
 
 
 class DistilledRecommender(GeneralRecommender):
@@ -103,7 +126,7 @@ class DistilledRecommender(GeneralRecommender):
                 raise ValueError("de_tau_end=%r must not exceed de_tau_start=%r"
                                  % (self.tau_end, self.tau_start))
             self.anneal_epochs = _non_negative(config, "de_anneal_epochs")
-            num_experts = int(_positive(config, "de_num_experts"))
+            num_experts = _positive_int(config, "de_num_experts")
             threshold = _non_negative(config, "de_weight_threshold")
             if threshold >= 1:
                 raise ValueError("de_weight_threshold=%r must be below 1" % (threshold,))
@@ -115,9 +138,9 @@ class DistilledRecommender(GeneralRecommender):
         if self.use_rrd:
             names.append("RRD")
             self.rrd_weight = _non_negative(config, "rrd_weight")
-            self.rrd_top_n = int(_positive(config, "rrd_top_n"))
-            self.rrd_k = int(_positive(config, "rrd_k"))
-            self.rrd_l = int(_positive(config, "rrd_l"))
+            self.rrd_top_n = _positive_int(config, "rrd_top_n")
+            self.rrd_k = _positive_int(config, "rrd_k")
+            self.rrd_l = _positive_int(config, "rrd_l")
             self.rrd_temperature = _positive(config, "rrd_temperature")
             self.rrd_sampling = config["rrd_sampling"]
             if self.rrd_k > self.rrd_top_n:
@@ -126,7 +149,7 @@ class DistilledRecommender(GeneralRecommender):
                 raise ValueError("rrd_sampling=%r must be one of %s" % (self.rrd_sampling, RRD_SAMPLING))
             # Fail before the teacher is trained if some user cannot get N + L distinct items.
             check_room(self.training_counts(dataset), self.n_items, self.rrd_top_n + self.rrd_l,
-                       "rrd_top_n + rrd_l = %d" % (self.rrd_top_n + self.rrd_l))
+                       "rrd_top_n + rrd_l = %d" % (self.rrd_top_n + self.rrd_l), user_token_label(dataset))
             self.rrd_sampler = None
             self.rrd_lists = None
         self.loss_part_names = tuple(names)
