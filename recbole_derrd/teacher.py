@@ -29,7 +29,7 @@ import filelock
 import numpy as np
 
 from recbole.data.utils import get_dataloader
-from recbole.utils import dataset_arguments, get_trainer, init_seed
+from recbole.utils import get_trainer, init_seed
 
 from recbole_derrd.checkpoints import CheckpointError, atomic_save, load_checkpoint
 from recbole_derrd.compat import barrier, is_main_process
@@ -43,6 +43,27 @@ TRAINING_KEYS = (
 )
 #: split settings compared when a stock RecBole checkpoint (without our metadata) is given.
 SPLIT_KEYS = ("dataset", "eval_args", "benchmark_filename", "seed")
+
+
+def pristine_dataset_arguments():
+    """RecBole's list of dataset keys as its source defines it.
+
+    ``recbole.utils.dataset_arguments`` is one module-level list that every ``Config`` built on
+    a dataset with a yaml of its own (ml-100k, ...) extends in place, so reading it would make
+    the cache key depend on which Configs this process built before.  A private copy of the
+    module gives the list as written.
+    """
+    import importlib.util
+
+    import recbole.utils.argument_list as source
+
+    spec = importlib.util.spec_from_file_location("_recbole_argument_list", source.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return tuple(module.dataset_arguments)
+
+
+DATASET_KEYS = pristine_dataset_arguments()
 
 
 def _digest(*arrays):
@@ -84,7 +105,7 @@ def _plain(value):
 def cache_description(tconfig, fingerprint):
     """Everything the cache key covers, as a JSON-able dict (also stored in the cache file)."""
     model = tconfig["model"]
-    keys = sorted(set(stock_model_yaml(model)) | set(TRAINING_KEYS) | set(dataset_arguments))
+    keys = sorted(set(stock_model_yaml(model)) | set(TRAINING_KEYS) | set(DATASET_KEYS))
     return _plain({
         "format": CACHE_FORMAT,
         "teacher_model": model,

@@ -14,14 +14,15 @@ from recbole_derrd.quick_start import run_recbole
 
 from conftest import ROOT
 
-SECOND_RUN = r"""
+RUN = r"""
 import sys, yaml
 import recbole_derrd.teacher as teacher
 
 def refuse(*args, **kwargs):
     raise SystemExit("the second run trained the teacher instead of waiting for the cache")
 
-teacher.train_teacher = refuse
+if sys.argv[2] == "reuse-only":
+    teacher.train_teacher = refuse
 from recbole_derrd.quick_start import run_recbole
 result = run_recbole("RRD", config_dict=yaml.safe_load(open(sys.argv[1])), saved=False)
 print("DONE", result["test_result"]["ndcg@10"], flush=True)
@@ -32,19 +33,27 @@ def test_second_run_waits_for_the_teacher_and_reuses_it(tiny, workdir):
     """Deterministic: the test holds the cache lock (as a first run training the teacher would),
     starts a second run, sees it wait, writes the cache entry, then releases the lock."""
     settings = dict(tiny, epochs=1, state="WARNING")
-    run_recbole("RRD", config_dict=dict(settings, teacher_cache_dir=str(workdir / "first")), saved=False)
+    script = workdir / "run.py"
+    script.write_text(RUN)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+
+    def config_file(name):
+        path = workdir / (name + ".yaml")
+        path.write_text(yaml.safe_dump(dict(settings, teacher_cache_dir=str(workdir / name))))
+        return str(path)
+
+    # the first run, in its own process like the second, trains and caches the teacher
+    first = subprocess.run([sys.executable, str(script), config_file("first"), "train"], cwd=str(workdir),
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
     (entry,) = glob.glob(str(workdir / "first" / "*.pth"))
     target = workdir / "second" / os.path.basename(entry)
     target.parent.mkdir()
     lock = filelock.FileLock(str(target) + ".lock")
     lock.acquire()
     try:
-        config = workdir / "second.yaml"
-        config.write_text(yaml.safe_dump(dict(settings, teacher_cache_dir=str(target.parent))))
-        script = workdir / "second.py"
-        script.write_text(SECOND_RUN)
-        proc = subprocess.Popen([sys.executable, str(script), str(config)], cwd=str(workdir),
-                                env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, str(script), config_file("second"), "reuse-only"],
+                                cwd=str(workdir), env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         seen = []
         deadline = time.time() + 300
@@ -90,3 +99,17 @@ def test_runs_started_in_the_same_second_get_their_own_checkpoints(tiny, monkeyp
     names = sorted(os.path.basename(f) for f in glob.glob(os.path.join(tiny["checkpoint_dir"], "BPR-*.pth")))
     assert len(names) == 4, names  # two best and two last checkpoints
     assert all(n.startswith("BPR-Dec-01-2026_12-00-00-") for n in names)
+
+
+def test_cache_key_does_not_depend_on_configs_built_before(tiny):
+    """RecBole extends its module-level dataset key list whenever a Config is built on a dataset
+    with a yaml (ml-100k): the teacher's cache key must not follow it."""
+    from recbole.config import Config
+    from recbole.utils import dataset_arguments
+
+    from recbole_derrd.teacher import DATASET_KEYS, pristine_dataset_arguments
+
+    before = set(DATASET_KEYS)
+    Config(model="BPR", dataset="ml-100k", config_dict={"state": "ERROR"})
+    assert set(dataset_arguments) > before  # RecBole's list grew ...
+    assert set(pristine_dataset_arguments()) == before  # ... ours did not
