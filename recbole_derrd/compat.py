@@ -213,6 +213,21 @@ def barrier():
         dist.barrier()
 
 
+def broadcast_numpy_state(state):
+    """Rank 0's ``numpy.random`` state (as ``np.random.get_state()`` returns it), on every rank."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    name, keys, position, has_gauss, gauss = state
+    packed = torch.tensor(np.concatenate([keys.astype(np.int64), [position, has_gauss]]), dtype=torch.int64)
+    cached = torch.tensor([gauss], dtype=torch.float64)
+    dist.broadcast(packed, src=0)
+    dist.broadcast(cached, src=0)
+    values = packed.numpy()
+    return name, values[:-2].astype(np.uint32), int(values[-2]), int(values[-1]), float(cached[0])
+
+
 def apply():
     """Check the stack and install the runtime work-arounds (idempotent)."""
     check_stack()

@@ -15,6 +15,7 @@
   calls the model's per-epoch hook (temperature annealing, RRD resampling).
 """
 
+import copy
 import os
 import random
 
@@ -24,6 +25,7 @@ from recbole.trainer import Trainer
 from recbole.utils import init_seed, set_color
 
 from recbole_derrd.checkpoints import CheckpointError, atomic_save, load_checkpoint
+from recbole_derrd.compat import broadcast_numpy_state, is_main_process
 
 LAST_SUFFIX = "-last.pth"
 
@@ -75,7 +77,41 @@ class SafeCheckpointMixin:
             checkpoint_file = model_file or self.saved_model_file
             self._load_into_model(checkpoint_file)
             self.logger.info("Loading model structure and parameters from {}".format(checkpoint_file))
+        if eval_data and not self.config["single_spec"]:
+            return self._evaluate_every_user_on_every_rank(eval_data, show_progress)
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def _evaluate_every_user_on_every_rank(self, eval_data, show_progress):
+        """Under DDP, RecBole splits the users over the ranks (its DistributedSampler pads the
+        shares by repeating users), weights each rank's metrics by its number of *batches*, and
+        draws sampled negatives from each rank's own RNG, so the metrics change with the number
+        of ranks.  Here every rank evaluates every user, with rank 0's numpy state: the result
+        is the single-process one, identical on every rank (so early stopping agrees too).
+        Rank 0's numpy stream advances as in one process; the other ranks keep their own."""
+        loader = self._undistributed_loader(eval_data)
+        own_state = np.random.get_state()
+        np.random.set_state(broadcast_numpy_state(own_state))
+        self._whole_pass = True
+        try:
+            return super().evaluate(loader, load_best_model=False, show_progress=show_progress)
+        finally:
+            self._whole_pass = False
+            if not is_main_process():
+                np.random.set_state(own_state)
+
+    def _undistributed_loader(self, eval_data):
+        cache = self.__dict__.setdefault("_undistributed_loaders", {})
+        if id(eval_data) not in cache:
+            config = copy.copy(eval_data.config)
+            config.final_config_dict = dict(config.final_config_dict, single_spec=True)
+            cache[id(eval_data)] = (eval_data, type(eval_data)(
+                config, eval_data._dataset, eval_data._sampler, shuffle=False))
+        return cache[id(eval_data)][1]
+
+    def _map_reduce(self, result, num_sample):
+        if getattr(self, "_whole_pass", False):
+            return result  # every rank evaluated every user: nothing to combine
+        return super()._map_reduce(result, num_sample)
 
     def _writes_checkpoints(self):
         """Only rank 0 writes checkpoints (RecBole's rule under DDP)."""
