@@ -12,7 +12,9 @@ import importlib.util
 import sys
 
 MODEL_PACKAGE = "recbole.model.general_recommender"
-PLUGIN_MODULES = frozenset(MODEL_PACKAGE + "." + name for name in ("de", "rrd", "derrd", "rd", "cd"))
+#: The plugin's registered model names: the one list (registration and the comparison read it).
+MODEL_NAMES = ("DE", "RRD", "DERRD", "RD", "CD")
+PLUGIN_MODULES = frozenset(MODEL_PACKAGE + "." + name.lower() for name in MODEL_NAMES)
 
 
 class _PluginModuleLoader(importlib.abc.Loader):

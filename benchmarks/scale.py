@@ -68,7 +68,7 @@ def child(args):
     from recbole.utils import get_model, init_seed
 
     from recbole_derrd.distillation import teacher_top_n
-    from recbole_derrd.trainer import fused_adam
+    from recbole_derrd.distillation_trainer import fused_adam
 
     torch.set_num_threads(args.threads)
     if args.dataset == "citeulike":
@@ -89,7 +89,8 @@ def child(args):
     sampler = RssSampler()
     sampler.start()
     start = time.perf_counter()
-    top = teacher_top_n(model.teacher_adapter.all_scores, train_matrix, model.rrd_top_n)
+    rrd = model.term("RRD")
+    top = teacher_top_n(model.teacher_adapter.all_scores, train_matrix, rrd.top_n)
     top_time = time.perf_counter() - start
     rss_top = sampler.stop()
     result = {"users": int(train._dataset.user_num - 1), "items": int(train._dataset.item_num - 1),
@@ -99,9 +100,11 @@ def child(args):
         from recbole_derrd.distillation import RRDSampler
 
         model.teacher_ready = True
-        model.rrd_sampler = RRDSampler(top, train_matrix, model.rrd_k, model.rrd_l,
-                                       model.rrd_temperature, mode=model.rrd_sampling,
-                                       seed=config["seed"])
+        # the top-N was just timed: hand it to the RRD term instead of computing it again
+        rrd.sampler = RRDSampler(top, train_matrix, rrd.k, rrd.l, rrd.temperature,
+                                 mode=rrd.sampling, seed=config["seed"])
+        rrd.device = model.device
+        model.prepare_terms(train)  # DE has nothing to precompute; RRD is already prepared
         del top
         optimizer = fused_adam(torch.optim.Adam(model.parameters(), lr=1e-3))
         start = time.perf_counter()

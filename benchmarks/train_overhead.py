@@ -55,13 +55,13 @@ def prepared(model_name, data_path, batch_size, tau):
     if model_name != "BPR":
         start = time.perf_counter()
         model.teacher_ready = True  # an untrained teacher shell costs the same as a trained one
-        model.prepare(train, valid)
+        model.prepare_terms(train)
         setup = time.perf_counter() - start
 
         def hook(epoch):
             model.start_epoch(epoch)
             if tau is not None:
-                model.tau = tau
+                model.term("DE").tau = tau
     return model, train, hook, setup
 
 
@@ -72,7 +72,7 @@ class EpochTimer:
     """
 
     def __init__(self, model, train, hook=None):
-        from recbole_derrd.trainer import fused_adam
+        from recbole_derrd.distillation_trainer import fused_adam
 
         self.model, self.train, self.hook = model, train, hook
         self.optimizer = fused_adam(torch.optim.Adam(model.parameters(), lr=1e-3))
@@ -176,7 +176,7 @@ def rrd_memory_floor(data_path, batch_size, repeats=3):
     no loss).  Median of ``repeats`` passes over one epoch's batches."""
     model, train, hook, _ = prepared("RRD", data_path, batch_size, None)
     hook(0)
-    indices = [model.rrd_lists[torch.unique(batch["user_id"])].reshape(-1) for batch in train]
+    indices = [model.term("RRD").lists[torch.unique(batch["user_id"])].reshape(-1) for batch in train]
     table = model.student.item_embedding.weight.detach()
     grad = torch.zeros_like(table)
 

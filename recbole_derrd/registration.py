@@ -20,13 +20,13 @@ from recbole.utils import get_model
 from recbole_derrd import config as plugin_config
 from recbole_derrd.compat import patch_method
 from recbole_derrd.data_checks import check_dataset_files
-from recbole_derrd.model import baselines, distilled
+from recbole_derrd import model as plugin_models
+from recbole_derrd.distillation_trainer import DistillationTrainer
 from recbole_derrd.settings_checks import check_run_settings
-from recbole_derrd.trainer import DistillationTrainer
+from recbole_derrd_hook import MODEL_NAMES, MODEL_PACKAGE
 
-PLUGIN_MODELS = {"DE": distilled.DE, "RRD": distilled.RRD, "DERRD": distilled.DERRD,
-                 "RD": baselines.RD, "CD": baselines.CD}
-MODEL_PACKAGE = "recbole.model.general_recommender"
+#: name -> model class, for every name of the start-up hook's one list.
+PLUGIN_MODELS = {name: getattr(plugin_models, name) for name in MODEL_NAMES}
 
 
 def is_plugin_model(model_class):

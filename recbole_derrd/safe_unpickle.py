@@ -56,6 +56,8 @@ class _Allowed:
         from recbole.config.configurator import Config
         from recbole.utils import enum_type
 
+        from recbole_derrd import model as plugin_models
+
         self.Config = Config
         self.model_classes = frozenset(model_classes())
         self.enums = frozenset(v for v in vars(enum_type).values()
@@ -96,6 +98,8 @@ class _Allowed:
             table[(module, "_reconstruct")] = multiarray._reconstruct
             table[(module, "scalar")] = multiarray.scalar
         table.update({("torch", name): value for name, value in self.torch_dtypes.items()})
+        for name in ("RD", "CD"):  # their module before the distillation terms (0.1.0 checkpoints)
+            table[("recbole_derrd.model.baselines", name)] = getattr(plugin_models, name)
         self.table = table
         self.leaf_types = (torch.Tensor, torch.device, torch.dtype, np.ndarray, np.generic, np.dtype)
 

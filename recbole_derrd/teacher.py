@@ -34,6 +34,7 @@ from recbole.utils import get_trainer, init_seed
 from recbole_derrd.checkpoints import CheckpointError, atomic_save, load_checkpoint
 from recbole_derrd.compat import barrier, is_main_process
 from recbole_derrd.config import stock_model_yaml
+from recbole_derrd.trainer import last_checkpoint_path, safe_trainer_class
 
 CACHE_FORMAT = 1
 TRAINING_KEYS = (
@@ -186,8 +187,6 @@ def train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress=
     Under DDP every rank trains it together (RecBole's distributed Trainer); rank 0 writes the
     best checkpoint and the others read it after a barrier.
     """
-    from recbole_derrd.trainer import last_checkpoint_path, safe_trainer_class
-
     logger = getLogger()
     logger.info("Training teacher %s (no cached teacher at %s)" % (tconfig["model"], path))
     init_seed(tconfig["seed"], tconfig["reproducibility"])
@@ -220,8 +219,6 @@ def remove_training_files(path):
     Only a training whose teacher is cached removes them: after an interruption (an exception,
     Ctrl-C, a killed process) they stay, and the next call resumes from the last one.
     """
-    from recbole_derrd.trainer import last_checkpoint_path
-
     training = path + ".training"
     for leftover in (last_checkpoint_path(training), training):
         if is_main_process() and os.path.exists(leftover):
@@ -259,6 +256,17 @@ def cache_lock(path):
         barrier()
         if lock is not None:
             lock.release()
+
+
+def prepare_distillation(model, train_data, valid_data, show_progress=False):
+    """The one step before a distilled student trains: make its teacher ready (load and verify
+    ``teacher_checkpoint``, reuse the cache, or train and cache it), then let every term
+    precompute what depends on the teacher.  Idempotent.  Returns the model."""
+    if not model.teacher_ready:
+        prepare_teacher(model, train_data, valid_data, show_progress=show_progress)
+        model.teacher_ready = True
+    model.prepare_terms(train_data)
+    return model
 
 
 def prepare_teacher(model, train_data, valid_data, show_progress=False):

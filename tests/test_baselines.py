@@ -15,12 +15,12 @@ def test_rd_static_loss_matches_formula(tiny):
     _, net, train, _, _ = build("RD", dict(tiny, rd_k=4, rd_lambda=2.0))
     batch = next(iter(train))
     users = torch.unique(batch["user_id"])
-    loss = net.rd_loss(batch)  # epoch 0 < warm-up: static weights only
+    loss = net.term("RD").raw_loss(net.batch(batch))  # epoch 0 < warm-up: static weights only
     weights = [math.exp(-r / 2.0) for r in range(1, 5)]
     weights = [w / sum(weights) for w in weights]
     expected = 0.0
     for user in users.tolist():
-        for r, item in enumerate(net.rd_top[user].tolist()):
+        for r, item in enumerate(net.term("RD").top[user].tolist()):
             score = float(net.student.user_embedding.weight[user] @ net.student.item_embedding.weight[item])
             expected -= weights[r] * math.log(1 / (1 + math.exp(-score)))
     assert loss.item() == pytest.approx(expected, rel=1e-5)
@@ -34,16 +34,16 @@ def test_rd_top_k_is_the_teachers_unobserved_best(tiny):
         masked = scores[user].clone()
         masked[train_items[user].indices] = -torch.inf
         masked[0] = -torch.inf
-        assert net.rd_top[user].tolist() == torch.topk(masked, net.rd_k).indices.tolist()
+        assert net.term("RD").top[user].tolist() == torch.topk(masked, net.term("RD").k).indices.tolist()
 
 
 def test_rd_hybrid_weights_match_formula(tiny):
     _, net, train, _, _ = build("RD", dict(tiny, rd_k=3, rd_samples=7, rd_mu=0.5, rd_warmup_epochs=1))
     net.start_epoch(1)  # past the warm-up
     users = torch.tensor([1, 2, 3])
-    scores = net.student_adapter.score(users, net.rd_top[users])
+    scores = net.student_adapter.score(users, net.term("RD").top[users])
     torch.manual_seed(11)
-    weights = net.rd_weights(users, scores)
+    weights = net.term("RD").weights(users, scores)
     torch.manual_seed(11)
     sampled = torch.randint(1, net.n_items, (3, 7))
     sampled_scores = net.student_adapter.score(users, sampled)
@@ -61,9 +61,9 @@ def test_rd_hybrid_weights_match_formula(tiny):
 
 def test_cd_ranks_follow_the_truncated_geometric_law(tiny):
     _, net, _, _, _ = build("CD", dict(tiny, cd_gamma=30.0, cd_samples=4000))
-    ranks = net.sample_ranks(0)[3].numpy()  # one user, 4000 draws
-    unobserved = float(net.cd_unobserved[3])
-    depth = net.cd_depth
+    ranks = net.term("CD").sample_ranks(0)[3].numpy()  # one user, 4000 draws
+    unobserved = float(net.term("CD").unobserved[3])
+    depth = net.term("CD").depth
     p = np.exp(-30.0 * np.arange(depth) / unobserved)
     p /= p.sum()
     observed = np.bincount(ranks, minlength=depth)
@@ -71,27 +71,27 @@ def test_cd_ranks_follow_the_truncated_geometric_law(tiny):
     expected = np.append(p[:top], p[top:].sum()) * len(ranks)
     statistic, p_value = chisquare(np.append(observed[:top], observed[top:].sum()), expected)
     assert p_value > 1e-3, (statistic, p_value)
-    assert torch.equal(net.sample_ranks(0), net.sample_ranks(0))
-    assert not torch.equal(net.sample_ranks(0), net.sample_ranks(1))
+    assert torch.equal(net.term("CD").sample_ranks(0), net.term("CD").sample_ranks(0))
+    assert not torch.equal(net.term("CD").sample_ranks(0), net.term("CD").sample_ranks(1))
 
 
 def test_cd_depth_keeps_all_but_tail_mass(tiny):
     _, net, train, _, _ = build("CD", dict(tiny, cd_gamma=500.0))
-    needed = math.ceil(-math.log(1e-6) * float(net.cd_unobserved.max()) / 500.0)
-    assert net.cd_depth == needed and net.cd_ranking.shape[1] == needed
+    needed = math.ceil(-math.log(1e-6) * float(net.term("CD").unobserved.max()) / 500.0)
+    assert net.term("CD").depth == needed and net.term("CD").ranking.shape[1] == needed
     train_items = train._dataset.inter_matrix(form="csr")
     for user in (1, 4):
-        assert not set(net.cd_items[user].tolist()) & set(train_items[user].indices)
-        assert set(net.cd_items[user].tolist()) <= set(net.cd_ranking[user].tolist())
+        assert not set(net.term("CD").items[user].tolist()) & set(train_items[user].indices)
+        assert set(net.term("CD").items[user].tolist()) <= set(net.term("CD").ranking[user].tolist())
 
 
 def test_cd_loss_matches_formula(tiny):
     _, net, train, _, _ = build("CD", dict(tiny, cd_temperature=2.0, cd_samples=3))
     batch = next(iter(train))
-    loss = net.cd_loss(batch)
+    loss = net.term("CD").raw_loss(net.batch(batch))
     expected = 0.0
     for user in torch.unique(batch["user_id"]).tolist():
-        for item in net.cd_items[user].tolist():
+        for item in net.term("CD").items[user].tolist():
             s = float(net.student.user_embedding.weight[user] @ net.student.item_embedding.weight[item])
             t = float(net.teacher.user_embedding.weight[user] @ net.teacher.item_embedding.weight[item])
             q = 1 / (1 + math.exp(-t / 2.0))

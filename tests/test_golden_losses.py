@@ -32,7 +32,7 @@ def _record(model_name, tiny):
     model = get_model(model_name)(config, train._dataset)
     model.teacher_ready = True  # the seeded, untrained teacher shell: no training in this test
     model.teacher_adapter.begin_step()
-    model.prepare(train, valid)
+    model.prepare_terms(train)
     batch = next(iter(train))
     record = {}
     for epoch in EPOCHS:

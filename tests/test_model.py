@@ -11,6 +11,7 @@ from recbole.utils import InputType, get_model, get_trainer, init_seed
 
 import recbole_derrd
 from recbole_derrd.config import teacher_config
+from recbole_derrd.teacher import prepare_distillation
 
 
 def build(model, config_dict, prepare=True):
@@ -21,7 +22,7 @@ def build(model, config_dict, prepare=True):
     init_seed(config["seed"], config["reproducibility"])
     net = get_model(model)(config, train._dataset)
     if prepare:
-        net.prepare(train, valid)
+        prepare_distillation(net, train, valid)
         net.start_epoch(0)
     return config, net, train, valid, test
 
@@ -117,8 +118,8 @@ def test_loss_balance_matches_official_sums(tiny):
     torch.manual_seed(3)
     base, de, rrd = net.calculate_loss(batch)
     torch.manual_seed(3)
-    de_sum = net.de_loss(batch)
-    rrd_sum = net.rrd_loss(batch)
+    de_sum = net.term("DE").raw_loss(net.batch(batch))
+    rrd_sum = net.term("RRD").raw_loss(net.batch(batch))
     user, pos, neg = batch["user_id"], batch["item_id"], batch["neg_item_id"]
     u, p, n = net.student.user_embedding(user), net.student.item_embedding(pos), net.student.item_embedding(neg)
     bpr_sum = -torch.nn.functional.logsigmoid((u * p).sum(1) - (u * n).sum(1)).sum()
@@ -131,8 +132,8 @@ def test_loss_balance_matches_official_sums(tiny):
     torch.manual_seed(3)
     _, de, rrd = net.calculate_loss(batch)
     torch.manual_seed(3)
-    assert de.item() == pytest.approx(0.01 * net.de_loss(batch).item(), rel=1e-5)
-    assert rrd.item() == pytest.approx(0.001 * net.rrd_loss(batch).item(), rel=1e-5)
+    assert de.item() == pytest.approx(0.01 * net.term("DE").raw_loss(net.batch(batch)).item(), rel=1e-5)
+    assert rrd.item() == pytest.approx(0.001 * net.term("RRD").raw_loss(net.batch(batch)).item(), rel=1e-5)
 
 
 def test_de_uses_unique_users_and_items(tiny, monkeypatch):
@@ -144,20 +145,20 @@ def test_de_uses_unique_users_and_items(tiny, monkeypatch):
     plain = experts_module.gumbel_softmax
     monkeypatch.setattr(experts_module, "gumbel_softmax",
                         lambda alpha, tau: plain(alpha, tau, torch.zeros_like(alpha)))
-    loss = net.de_loss(batch)
+    loss = net.term("DE").raw_loss(net.batch(batch))
     users = torch.unique(batch["user_id"])
     pos, neg = torch.unique(batch["item_id"]), torch.unique(batch["neg_item_id"])
     s, t = net.student, net.teacher
-    expected = net.user_experts.loss(s.user_embedding(users), t.user_embedding(users), net.tau)
-    expected = expected + 0.5 * net.item_experts.loss(s.item_embedding(pos), t.item_embedding(pos), net.tau)
-    expected = expected + 0.5 * net.item_experts.loss(s.item_embedding(neg), t.item_embedding(neg), net.tau)
+    expected = net.user_experts.loss(s.user_embedding(users), t.user_embedding(users), net.term("DE").tau)
+    expected = expected + 0.5 * net.item_experts.loss(s.item_embedding(pos), t.item_embedding(pos), net.term("DE").tau)
+    expected = expected + 0.5 * net.item_experts.loss(s.item_embedding(neg), t.item_embedding(neg), net.term("DE").tau)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_tau_follows_epochs(tiny):
     _, net, _, _, _ = build("DE", dict(tiny, de_anneal_epochs=10))
     net.start_epoch(5)
-    assert net.tau == pytest.approx(1e-5)
+    assert net.term("DE").tau == pytest.approx(1e-5)
 
 
 @pytest.mark.parametrize("key,value,message", [
@@ -256,7 +257,7 @@ def test_readme_documents_every_plugin_key():
 
 
 def test_fused_adam_same_update_rule_and_used_by_the_trainer(tiny):
-    from recbole_derrd.trainer import fused_adam
+    from recbole_derrd.distillation_trainer import fused_adam
 
     torch.manual_seed(0)
     start = [torch.randn(7, 3), torch.randn(5)]

@@ -14,7 +14,7 @@ import yaml
 
 import recbole_derrd.checkpoints as checkpoints
 from recbole_derrd.compat import load_checkpoint
-from recbole_derrd.model.distilled import DERRD
+from recbole_derrd.terms import RRD as RRDTerm
 from recbole_derrd.quick_start import run_recbole
 
 from conftest import ROOT
@@ -38,13 +38,20 @@ def test_interrupted_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatc
 
 
 def test_non_finite_loss_stops_with_part_and_epoch(tiny, monkeypatch):
-    real = DERRD.rrd_loss
+    real = RRDTerm.raw_loss
+    epochs = []
+    real_start = RRDTerm.start_epoch
 
-    def explode_in_epoch_one(self, interaction):
-        value = real(self, interaction)
-        return value * float("inf") if self.epoch == 1 else value
+    def record_epoch(self, epoch):
+        epochs.append(epoch)
+        return real_start(self, epoch)
 
-    monkeypatch.setattr(DERRD, "rrd_loss", explode_in_epoch_one)
+    def explode_in_epoch_one(self, batch):
+        value = real(self, batch)
+        return value * float("inf") if epochs[-1] == 1 else value
+
+    monkeypatch.setattr(RRDTerm, "start_epoch", record_epoch)
+    monkeypatch.setattr(RRDTerm, "raw_loss", explode_in_epoch_one)
     with pytest.raises(FloatingPointError, match="the RRD loss became inf in epoch 1"):
         run_recbole("DERRD", config_dict=dict(tiny, epochs=3), saved=True)
     saved = [f for f in glob.glob(os.path.join(tiny["checkpoint_dir"], "DERRD-*.pth"))]

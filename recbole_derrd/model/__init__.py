@@ -1,7 +1,5 @@
-"""RecBole models added by the plugin: a student backbone trained with DE and/or RRD, or with
-the baselines RD and CD."""
+"""RecBole models added by the plugin: a student backbone plus distillation terms."""
 
-from recbole_derrd.model.distilled import DistilledRecommender, DE, RRD, DERRD
-from recbole_derrd.model.baselines import CD, RD
+from recbole_derrd.model.distilled import CD, DE, DERRD, RD, RRD, DistilledRecommender
 
 __all__ = ["DistilledRecommender", "DE", "RRD", "DERRD", "RD", "CD"]

@@ -1,0 +1,128 @@
+"""What a distillation term is, and what it may see.
+
+A *term* is one method part (DE, RRD, RD, CD, ...) whose loss is added to the student's own.
+A registered model is a student backbone plus a list of terms (:mod:`recbole_derrd.model`).
+Each term
+
+* reads and validates its own config keys once (:meth:`DistillationTerm.from_config`),
+* registers the modules it trains on the model (:meth:`DistillationTerm.modules`),
+* precomputes what depends on the frozen teacher (:meth:`DistillationTerm.prepare`),
+* refreshes per-epoch state (:meth:`DistillationTerm.start_epoch`),
+* returns its unweighted loss for a batch, summed over rows (:meth:`DistillationTerm.raw_loss`);
+  the model multiplies it by the term's ``weight`` and the ``kd_reduction`` scale.
+
+Terms see RecBole only through :class:`DistillationContext` and :class:`Batch`; the loss and
+sampler code they call (:mod:`recbole_derrd.distillation`) knows neither RecBole nor config keys.
+"""
+
+import math
+
+import numpy as np
+
+
+# --------------------------------------------------------------------------- key checks
+def number(config, key):
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError("%s=%r must be a finite number" % (key, value))
+    return value
+
+
+def positive(config, key):
+    value = number(config, key)
+    if value <= 0:
+        raise ValueError("%s=%r must be a positive number" % (key, value))
+    return value
+
+
+def non_negative(config, key):
+    value = number(config, key)
+    if value < 0:
+        raise ValueError("%s=%r must be a number >= 0" % (key, value))
+    return value
+
+
+def positive_int(config, key):
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("%s=%r must be a positive integer" % (key, value))
+    return value
+
+
+def non_negative_int(config, key):
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("%s=%r must be an integer >= 0" % (key, value))
+    return value
+
+
+def one_of(config, key, allowed):
+    value = config[key]
+    if value not in allowed:
+        raise ValueError("%s=%r must be one of %s" % (key, value, allowed))
+    return value
+
+
+# --------------------------------------------------------------------------- what terms see
+class DistillationContext:
+    """The student's and the teacher's adapters and the facts about the data a term may use."""
+
+    def __init__(self, student, teacher, n_users, n_items, seed, device, train_counts, user_label):
+        self.student = student  # BackboneAdapter
+        self.teacher = teacher  # BackboneAdapter
+        self.n_users = n_users
+        self.n_items = n_items
+        self.seed = seed
+        self.device = device
+        self.train_counts = train_counts  # [n_users] numpy: training interactions per user
+        self.user_label = user_label  # internal user id -> text for messages (its token)
+
+    def teacher_ranking(self, train_matrix, depth):
+        """The teacher's ``depth`` best unobserved items per user, [n_users, depth] numpy;
+        chunked, never a users x items matrix."""
+        from recbole_derrd.distillation import teacher_top_n
+
+        return teacher_top_n(self.teacher.all_scores, train_matrix, depth, device=self.device)
+
+
+class Batch:
+    """One training batch as the terms see it: its distinct users, positive and negative items."""
+
+    def __init__(self, users, positives, negatives):
+        self.users = users
+        self.positives = positives
+        self.negatives = negatives
+
+
+class DistillationTerm:
+    """Base class of a term; see the module docstring for the life cycle."""
+
+    #: the loss part's name in logs and errors (``DE``, ``RRD``, ...).
+    name = None
+
+    def __init__(self, weight):
+        self.weight = weight
+
+    @classmethod
+    def from_config(cls, config, context):
+        raise NotImplementedError
+
+    def modules(self):
+        """{attribute name: torch module} to register on the model (trained, checkpointed)."""
+        return {}
+
+    def prepare(self, context, train_matrix):
+        """Precompute what depends on the (now ready) teacher; called once before training."""
+
+    def start_epoch(self, epoch):
+        """Per-epoch state (temperatures, sampled lists)."""
+
+    def raw_loss(self, batch):
+        raise NotImplementedError
+
+
+def check_room(context, needed, what):
+    """Every user must have ``needed`` unobserved items (naming the first user who has not)."""
+    from recbole_derrd.distillation.ranking import check_room as check
+
+    check(np.asarray(context.train_counts), context.n_items, needed, what, context.user_label)
