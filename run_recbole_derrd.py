@@ -15,12 +15,15 @@ alone and the DE-RRD student side by side.
         --out_dir=comparison/ml-100k     # Student, RD, CD, DE, RRD, DE-RRD (+ baselines) table
 
 Flags mirror RecBole's run_recbole.py; any ``--key=value`` is a RecBole config override.
+A user error (a bad key or value, a missing, refused or unreadable file) prints one line and
+exits with status 2; ``--debug`` shows the full traceback instead.
 """
 
 import argparse
 import sys
 
-import recbole_derrd  # noqa: F401  (registers DE, RRD, DERRD; must run at import: DDP workers)
+import recbole_derrd  # noqa: F401  (registers the models; must run at import: DDP workers)
+from recbole_derrd.checkpoints import CheckpointError
 from recbole_derrd.config import protocol_file
 from recbole_derrd.registration import PLUGIN_MODELS
 
@@ -55,12 +58,46 @@ def parse_args(argv):
                         help="with --compare: RecBole models to add at the student's size, e.g. Pop,ItemKNN")
     parser.add_argument("--out_dir", type=str, default="comparison",
                         help="with --compare: folder of the cells, tables and plot")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the full traceback instead of one line")
     args, _ = parser.parse_known_args(argv)
     return args
 
 
+#: what a user's input can cause; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, CheckpointError,
+               FloatingPointError)
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.debug:
+        return run(args)
+    try:
+        return run(args)
+    except USER_ERRORS as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        sys.stderr.write("recbole-derrd: error: %s (--debug shows the traceback)\n" % message)
+        raise SystemExit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write("recbole-derrd: interrupted; the checkpoints written so far are kept\n")
+        raise SystemExit(130)
+
+
+def check_model_name(name):
+    from recbole_derrd.safe_unpickle import model_classes
+
+    known = sorted({cls.__name__ for cls in model_classes()})
+    if name not in known:
+        import difflib
+
+        close = difflib.get_close_matches(name, known, n=3)
+        raise ValueError("--model=%s is not a RecBole or plugin model%s" % (
+            name, "; did you mean %s?" % " or ".join(close) if close else ""))
+
+
+def run(args):
+    check_model_name(args.model)
     if args.config_files:
         config_file_list = args.config_files.strip().split(" ")
     else:

@@ -7,8 +7,9 @@ the plugin's models.  Pins: see README ("Why these version bounds").
 """
 
 import os
+import re
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,16 +32,21 @@ def read(name):
         return handle.read()
 
 
+def version():
+    """``__version__`` from recbole_derrd/version.py, read as text (no import of the package)."""
+    match = re.search(r'^__version__ = "([^"]+)"', read(os.path.join("recbole_derrd", "version.py")), re.M)
+    return match.group(1)
+
+
 setup(
     name="recbole-derrd",
-    version="0.1.0",
+    version=version(),
     description="DE-RRD knowledge distillation (CIKM 2020) as a RecBole 1.2.1 plugin",
     long_description=read("README.md"),
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9,<3.12",
-    packages=["recbole_derrd", "recbole_derrd.distillation", "recbole_derrd.model",
-              "recbole_derrd.properties"],
+    packages=find_packages(include=["recbole_derrd", "recbole_derrd.*"]) + ["recbole_derrd.properties"],
     package_dir={"recbole_derrd.properties": "properties"},
     package_data={"recbole_derrd.properties": ["*.yaml", "model/*.yaml", "protocol/*.yaml", "tuning/*.hyper"]},
     py_modules=["recbole_derrd_hook"],

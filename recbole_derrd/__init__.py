@@ -1,8 +1,9 @@
 """recbole-derrd: DE-RRD knowledge distillation (Kang et al., CIKM 2020) as a RecBole plugin.
 
 ``import recbole_derrd`` registers the models ``DE``, ``RRD`` and ``DERRD``, and the baselines
-``RD`` and ``CD`` (and their trainers) with RecBole, so RecBole's own ``run_recbole(model='DERRD', ...)``, ``get_model``,
-``get_trainer`` and ``HyperTuning`` use them unchanged.
+``RD`` and ``CD`` (and their trainers) with RecBole, so RecBole's own
+``run_recbole(model='DERRD', ...)``, ``get_model``, ``get_trainer`` and ``HyperTuning`` use
+them unchanged.
 """
 
 from recbole_derrd import compat
@@ -18,7 +19,7 @@ from recbole_derrd.model import CD, DE, DERRD, RD, RRD, DistilledRecommender  # 
 from recbole_derrd.distillation_trainer import DistillationTrainer  # noqa: E402
 from recbole_derrd.trainer import safe_trainer_class  # noqa: E402
 
-__version__ = "0.1.0"
+from recbole_derrd.version import __version__  # noqa: E402
 
-__all__ = ["DE", "RRD", "DERRD", "RD", "CD", "DistilledRecommender", "DistillationTrainer",
-           "safe_trainer_class", "PLUGIN_MODELS", "register", "protocol_file", "tuning_file", "__version__"]
+__all__ = list(PLUGIN_MODELS) + ["DistilledRecommender", "DistillationTrainer", "safe_trainer_class",
+                                  "PLUGIN_MODELS", "register", "protocol_file", "tuning_file", "__version__"]

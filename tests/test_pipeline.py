@@ -277,7 +277,7 @@ def test_resume_checkpoint_on_current_torch(tiny):
     saved_epoch = torch.load(first["saved_model_file"], weights_only=False)["epoch"]
     assert trainer.start_epoch == saved_epoch + 1
     trainer.fit(train, valid, saved=True)
-    assert model.tau == pytest.approx(1e-10 ** (3 / 1000))  # annealing continued to epoch 3
+    assert model.term("DE").tau == pytest.approx(1e-10 ** (3 / 1000))  # annealing continued to epoch 3
     result = trainer.evaluate(test, load_best_model=True)
     assert 0 <= result["ndcg@10"] <= 1
 
