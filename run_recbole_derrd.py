@@ -106,7 +106,7 @@ def run(args):
     distributed = args.nproc > 1 or args.world_size > 0
     seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()] if args.seeds else None
     if args.compare:
-        from recbole_derrd.comparison import DEFAULT_METHODS, run_comparison
+        from recbole_derrd.harness.comparison import DEFAULT_METHODS, run_comparison
 
         methods = (DEFAULT_METHODS if args.compare.lower() in ("all", "true", "1")
                    else [m.strip() for m in args.compare.split(",") if m.strip()])
@@ -114,7 +114,7 @@ def run(args):
         return run_comparison(args.dataset, config_file_list, methods=methods, baselines=baselines,
                               seeds=seeds or [0], out_dir=args.out_dir)
     if args.model in PLUGIN_MODELS and side_by_side and not distributed:
-        from recbole_derrd.quick_start import run_seeds, run_side_by_side
+        from recbole_derrd.harness.side_by_side import run_seeds, run_side_by_side
 
         if seeds:
             return run_seeds(args.model, args.dataset, config_file_list, seeds)

@@ -63,5 +63,5 @@ setup(
     ],
     extras_require={"test": ["pytest>=7", "hyperopt==0.2.5", "matplotlib>=3.5"],
                     "tune": ["hyperopt==0.2.5"], "plot": ["matplotlib>=3.5"]},
-    entry_points={"console_scripts": ["recbole-derrd-export=recbole_derrd.export:main"]},
+    entry_points={"console_scripts": ["recbole-derrd-export=recbole_derrd.serving.export:main"]},
 )

@@ -1,7 +1,7 @@
 """Benchmark 3: inference cost of the teacher and of students at phi = 1.0, 0.5, 0.1.
 
 BPR models shaped like the paper's CiteULike setting (teacher 200-dim; students 200, 100, 20
-dims), scored with the plugin's inference helper (:func:`recbole_derrd.inference.recommend`:
+dims), scored with the plugin's inference helper (:func:`recbole_derrd.serving.inference.recommend`:
 blocked scoring + running top-k, training items masked):
 
 (a) one request: one user against the full catalogue, top-20; median latency over users;
@@ -42,7 +42,7 @@ def child(args):
     from recbole.data import create_dataset
     from recbole.model.general_recommender import BPR
 
-    from recbole_derrd.inference import default_user_block, recommend
+    from recbole_derrd.serving.inference import default_user_block, recommend
 
     torch.set_num_threads(args.threads)
     config = citeulike_config("BPR", args.data_path, 1024)

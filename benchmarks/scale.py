@@ -1,7 +1,7 @@
 """Benchmark 2 + 4: teacher top-N and one DE-RRD epoch at scale, on synthetic power-law data.
 
 For each interaction count (default 1M, 3M, 10M over 200,000 users x 100,000 items), generates
-the data set once (``recbole_derrd.synthetic``, seeded) and, in a fresh process per size so
+the data set once (``recbole_derrd.harness.synthetic``, seeded) and, in a fresh process per size so
 that peak memory is its own, measures with BPR 64 -> BPR 16:
 
 * the teacher's top-N (N = 500, chunked): time and the growth of peak RSS while it runs;
@@ -138,7 +138,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.child:
         return child(args)
-    from recbole_derrd.synthetic import generate, write_atomic
+    from recbole_derrd.harness.synthetic import generate, write_atomic
 
     allowed = record_allowed(args)
     env = environment_line("python benchmarks/scale.py --interactions %s --users %d --items %d"

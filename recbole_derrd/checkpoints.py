@@ -9,10 +9,11 @@
 """
 
 import os
-import tempfile
 import warnings
 
 import torch
+
+from recbole_derrd.atomic import atomic_write
 
 
 class CheckpointError(RuntimeError):
@@ -26,25 +27,8 @@ DISTRIBUTED_KEYS = ("local_rank", "world_size", "nproc", "offset", "ip", "port")
 
 
 def atomic_save(obj, path, **kwargs):
-    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    try:
-        handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    except OSError as exc:  # name the checkpoint, not the temporary file
-        raise OSError(exc.errno, "cannot write checkpoint %s: %s" % (path, exc.strerror)) from exc
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream, **kwargs)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    """``torch.save`` through :func:`recbole_derrd.atomic.atomic_write` (never half-written)."""
+    return atomic_write(path, lambda stream: torch.save(obj, stream, **kwargs))
 
 
 def _device(map_location):

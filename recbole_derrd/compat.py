@@ -12,21 +12,14 @@ around here, deliberately and narrowly:
   ``torch.load`` itself is never patched.
 * scipy >= 1.13 removed ``dok_matrix._update``, used by LightGCN/NGCF/GCMC/NCL/SpectralCF to
   build their adjacency matrix.  :func:`install_scipy_dok_update` restores it.
-* RecBole's distributed path (``run(..., nproc=N)``) assumes CUDA: ``Config._init_device``
-  hard-codes NCCL, asserts one GPU id per process and calls ``cuda.set_device``, and the
-  Trainer passes ``device_ids`` to DDP.  :func:`install_cpu_distributed` makes a process without
-  a usable GPU join with the gloo backend on the CPU, one torch thread per rank; with CUDA,
-  RecBole's own NCCL path runs unchanged.  RecBole's ``ensure_dir`` (check, then create) races
-  when several ranks create the same folder: :func:`install_race_free_ensure_dir` fixes it.
+* RecBole's distributed path assumes CUDA and races on folder creation: the patches live with
+  the rank helpers in :mod:`recbole_derrd.distributed`; :func:`apply` installs them.
 """
 
-import os
 import re
 import sys
 import warnings
 from importlib import metadata
-
-from recbole_derrd.checkpoints import TRUST_ENV, CheckpointError, load_checkpoint  # noqa: F401
 
 #: package -> (exclusive upper bound, why).  Mirrors ``install_requires`` in setup.py.
 UPPER_BOUNDS = {
@@ -120,51 +113,6 @@ def silence_pandas_inplace_warning():
                             category=FutureWarning)
 
 
-# --------------------------------------------------------------------------- distributed
-def _uses_cpu(config_dict):
-    import torch
-
-    return not (config_dict.get("use_gpu", True) and torch.cuda.is_available())
-
-
-def _init_cpu_process_group(config):
-    """The CPU/gloo branch of RecBole's ``Config._init_device`` for a spawned rank."""
-    import torch
-    import torch.distributed as dist
-
-    final = config.final_config_dict
-    gpu_id = final["gpu_id"]
-    final["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
-    if not dist.is_initialized():
-        dist.init_process_group(
-            backend="gloo",
-            rank=final["local_rank"] + final.get("offset", 0),
-            world_size=final["world_size"],
-            init_method="tcp://%s:%s" % (final["ip"], final["port"]),
-        )
-    torch.set_num_threads(1)  # the ranks share the machine's cores
-    final["device"] = torch.device("cpu")
-    final["single_spec"] = False
-    if final["local_rank"] != 0:
-        final["state"] = "error"
-        final["show_progress"] = False
-        final["verbose"] = False
-
-
-def _init_device(self):
-    if "local_rank" in self.final_config_dict and _uses_cpu(self.final_config_dict):
-        return _init_cpu_process_group(self)
-    return _init_device.original(self)
-
-
-def _distributed_data_parallel(module, device_ids=None, **kwargs):
-    """torch's DDP, without ``device_ids`` for a module on the CPU (torch refuses them there)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    on_cpu = all(p.device.type == "cpu" for p in module.parameters())
-    return DistributedDataParallel(module, device_ids=None if on_cpu else device_ids, **kwargs)
-
-
 def patch_method(cls, function):
     """Replace ``cls.<function.__name__>`` by ``function``, which reaches the replaced method as
     ``function.original``; applying the same patch again does nothing."""
@@ -176,62 +124,12 @@ def patch_method(cls, function):
     setattr(cls, function.__name__, function)
 
 
-def install_cpu_distributed():
-    """Patch RecBole's two CUDA-only spots of its distributed path (idempotent)."""
-    import recbole.trainer.trainer as trainer_module
-    from recbole.config import Config
-
-    patch_method(Config, _init_device)
-    trainer_module.DistributedDataParallel = _distributed_data_parallel
-
-
-def _race_free_ensure_dir(dir_path):
-    os.makedirs(dir_path, exist_ok=True)  # noqa: F821  (runs with recbole.utils.utils' globals)
-
-
-def install_race_free_ensure_dir():
-    """Make RecBole's ``ensure_dir`` safe when two ranks create the same folder at once.
-
-    Its body is replaced in place, so every module that imported the function by name (the
-    trainer, the logger, the data utilities) gets the fix; its globals already hold ``os``.
-    """
-    from recbole.utils import utils
-
-    utils.ensure_dir.__code__ = _race_free_ensure_dir.__code__
-
-
-def is_main_process():
-    import torch.distributed as dist
-
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def barrier():
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def broadcast_numpy_state(state):
-    """Rank 0's ``numpy.random`` state (as ``np.random.get_state()`` returns it), on every rank."""
-    import numpy as np
-    import torch
-    import torch.distributed as dist
-
-    name, keys, position, has_gauss, gauss = state
-    packed = torch.tensor(np.concatenate([keys.astype(np.int64), [position, has_gauss]]), dtype=torch.int64)
-    cached = torch.tensor([gauss], dtype=torch.float64)
-    dist.broadcast(packed, src=0)
-    dist.broadcast(cached, src=0)
-    values = packed.numpy()
-    return name, values[:-2].astype(np.uint32), int(values[-2]), int(values[-1]), float(cached[0])
-
-
 def apply():
     """Check the stack and install the runtime work-arounds (idempotent)."""
     check_stack()
     install_scipy_dok_update()
     silence_pandas_inplace_warning()
-    install_cpu_distributed()
-    install_race_free_ensure_dir()
+    from recbole_derrd import distributed
+
+    distributed.install_cpu_distributed()
+    distributed.install_race_free_ensure_dir()

@@ -1,11 +1,13 @@
-"""Entry points: RecBole's quick-start flow made torch-2.6-safe, and the side-by-side run.
+"""Entry points mirroring RecBole's quick start, made torch-2.6-safe.
 
 * :func:`run_recbole` — RecBole's ``run_recbole`` for any model (stock or plugin), with the
   plugin's checkpoint loader, returning per-user test metrics too.
-* :func:`run_side_by_side` — teacher, student trained alone and a distilled student on one
-  split, with the same test negatives, printed as one table with a paired significance test.
+* :func:`load_data` / :func:`train_and_test` — its two halves, which the harness
+  (:mod:`recbole_derrd.harness`) builds on.
 * :func:`load_data_and_model` — RecBole's function of that name, reading the checkpoint
   through :func:`recbole_derrd.checkpoints.load_checkpoint`.
+
+The side-by-side and multi-seed runs live in :mod:`recbole_derrd.harness.side_by_side`.
 """
 
 import sys
@@ -18,15 +20,12 @@ from recbole.utils import get_flops, get_model, get_trainer, init_logger, init_s
 
 import recbole_derrd  # noqa: F401  (registration)
 from recbole_derrd.checkpoints import load_checkpoint
-from recbole_derrd.config import student_config, plugin_owned_keys
-from recbole_derrd.evaluation import (PAIRED_METRICS, comparable_test, over_seeds, paired_test,
-                                      per_user_over_seeds)
-from recbole_derrd.registration import PLUGIN_MODELS
-from recbole_derrd.teacher import interactions_digest
+from recbole_derrd.evaluation import comparable_test
 from recbole_derrd.trainer import safe_trainer_class
 
 
-def _prepare(model, dataset, config_file_list, config_dict):
+def prepare(model, dataset, config_file_list, config_dict):
+    """(config, dataset, train, valid, test) for a model name and RecBole's usual arguments."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
                     config_dict=config_dict)
     return (config,) + load_data(config)
@@ -45,7 +44,7 @@ def load_data(config):
     return data, train_data, valid_data, test_data
 
 
-def _train_and_test(config, data, train_data, valid_data, test_data, saved=True):
+def train_and_test(config, data, train_data, valid_data, test_data, saved=True):
     """RecBole's own model/trainer flow; returns (result dict, model, per-user metrics)."""
     logger = getLogger()
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
@@ -80,133 +79,11 @@ def _train_and_test(config, data, train_data, valid_data, test_data, saved=True)
 
 def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
     """RecBole's ``run_recbole`` (same arguments and result) with safe checkpoint loading."""
-    config, data, train_data, valid_data, test_data = _prepare(
+    config, data, train_data, valid_data, test_data = prepare(
         model, dataset, config_file_list, config_dict)
-    result, _, per_user = _train_and_test(config, data, train_data, valid_data, test_data, saved)
+    result, _, per_user = train_and_test(config, data, train_data, valid_data, test_data, saved)
     result["per_user"] = per_user
     return result
-
-
-def _teacher_row(distilled, config, test_data):
-    trainer = safe_trainer_class(get_trainer(distilled.teacher_config["MODEL_TYPE"],
-                                             distilled.teacher_config["model"]))(
-        distilled.teacher_config, distilled.teacher)
-    result, per_user = comparable_test(trainer, test_data, load_best_model=False)
-    return {"model": "Teacher (%s)" % _backbone_label(distilled.teacher_adapter),
-            "test_result": result,
-            "parameters": sum(p.numel() for p in distilled.teacher.parameters())}, per_user
-
-
-def _backbone_label(adapter):
-    """e.g. ``BPR-200``: the backbone and the size of its user representation."""
-    return "%s-%d" % (type(adapter.model).__name__, adapter.user_dim)
-
-
-def format_table(rows, metrics):
-    head = "| method | params | " + " | ".join(m.upper().replace("HIT", "H").replace("NDCG", "N")
-                                                .replace("MRR", "M") for m in metrics) + " |"
-    lines = [head, "|" + " --- |" * (len(metrics) + 2)]
-    for row in rows:
-        values = " | ".join("%.4f" % row["test_result"][m] for m in metrics)
-        lines.append("| %s | %s | %s |" % (row["model"], format(row["parameters"], ","), values))
-    return "\n".join(lines)
-
-
-def run_side_by_side(model="DERRD", dataset=None, config_file_list=None, config_dict=None,
-                     saved=True, export_dir=None, stream=None):
-    """Teacher, student alone and ``model`` (DE, RRD or DERRD) on one split, side by side.
-
-    All three are tested on the same split with the same sampled negatives (re-seeded before
-    each test pass); the distilled student is compared with the student trained alone by a
-    per-user Wilcoxon signed-rank test.  Returns a dict with every row and the tests.
-    """
-    from recbole_derrd.export import export_student
-
-    stream = stream or sys.stdout
-    if model not in PLUGIN_MODELS:
-        raise ValueError("run_side_by_side needs a plugin model (%s), got %r"
-                         % (", ".join(PLUGIN_MODELS), model))
-    config, data, train_data, valid_data, test_data = _prepare(
-        model, dataset, config_file_list, config_dict)
-    logger = getLogger()
-
-    distilled_row, distilled, distilled_users = _train_and_test(
-        config, data, train_data, valid_data, test_data, saved)
-    student_label = _backbone_label(distilled.student_adapter)
-    distilled_row["model"] = "%s (%s)" % (model, student_label)
-    distilled_row["parameters"] = sum(p.numel() for p in distilled.student.parameters())
-    teacher_row, teacher_users = _teacher_row(distilled, config, test_data)
-
-    sconfig = student_config(config, plugin_owned_keys(config, PLUGIN_MODELS.values()))
-    student_row, _, student_users = _train_and_test(
-        sconfig, data, train_data, valid_data, test_data, saved)
-    student_row["model"] = "Student alone (%s)" % student_label
-
-    rows = [teacher_row, student_row, distilled_row]
-    metrics = list(distilled_row["test_result"])
-    tests = [paired_test(student_users, distilled_users, m) for m in PAIRED_METRICS
-             if m in student_users]
-    teacher_tests = [paired_test(student_users, teacher_users, m) for m in PAIRED_METRICS
-                     if m in student_users]
-    exported = None
-    if saved and export_dir:
-        exported = export_student(distilled_row["saved_model_file"], export_dir)
-
-    mode = config["eval_args"]["mode"]["test"]
-    lines = ["", "Test results on %s (test mode: %s, seed %s; same split and negatives for all rows)"
-             % (config["dataset"], mode, config["seed"]), format_table(rows, metrics), ""]
-    for label, group in (("%s vs student alone" % model, tests), ("Teacher vs student alone", teacher_tests)):
-        for t in group:
-            lines.append("%s, %s: mean per-user difference %+.4f, Wilcoxon signed-rank p = %.3g (%d users)"
-                         % (label, t["metric"], t["mean_diff"], t["p_value"], t["n_users"]))
-    if exported:
-        lines.append("Exported student: %s" % ", ".join(exported.values()))
-    stream.write("\n".join(lines) + "\n")
-    logger.info("\n".join(lines))
-    return {"rows": rows, "paired_tests": tests, "teacher_tests": teacher_tests,
-            "per_user": {"teacher": teacher_users, "student": student_users, model: distilled_users},
-            "exported": exported, "config": config, "test_split": interactions_digest(test_data._dataset)}
-
-
-def run_seeds(model="DERRD", dataset=None, config_file_list=None, seeds=(0, 1, 2),
-              config_dict=None, saved=True, stream=None):
-    """:func:`run_side_by_side` once per seed, then mean +- std over seeds.
-
-    When every seed tested on the same split (e.g. a time-ordered leave-one-out), the per-user
-    metrics are averaged over seeds and the distilled student is tested against the student
-    alone on those averages (Wilcoxon signed-rank); otherwise only per-seed tests are reported.
-    """
-    stream = stream or sys.stdout
-    reports = [run_side_by_side(model, dataset, config_file_list, dict(config_dict or {}, seed=seed),
-                                saved=saved, stream=stream) for seed in seeds]
-    metrics = list(reports[0]["rows"][0]["test_result"])
-    summary = []
-    for index, row in enumerate(reports[0]["rows"]):
-        summary.append(dict(over_seeds([r["rows"][index]["test_result"] for r in reports], metrics),
-                            model=row["model"], parameters=row["parameters"]))
-    lines = ["", "Mean +- std over seeds %s on %s" % (list(seeds), reports[0]["config"]["dataset"]),
-             "| method | params | " + " | ".join(metrics) + " |", "|" + " --- |" * (len(metrics) + 2)]
-    for row in summary:
-        lines.append("| %s | %s | %s |" % (row["model"], format(row["parameters"], ","), " | ".join(
-            "%.4f +- %.4f" % (row["mean"][m], row["std"][m]) for m in metrics)))
-    for seed, report in zip(seeds, reports):
-        for t in report["paired_tests"]:
-            lines.append("seed %s: %s vs student alone, %s: %+.4f, p = %.3g"
-                         % (seed, model, t["metric"], t["mean_diff"], t["p_value"]))
-    pooled = []
-    if len({r["test_split"] for r in reports}) == 1:
-        average = {name: per_user_over_seeds([r["per_user"][name] for r in reports])
-                   for name in ("student", model)}
-        pooled = [paired_test(average["student"], average[model], m) for m in PAIRED_METRICS]
-        for t in pooled:
-            lines.append("all seeds (per-user mean over seeds, same split): %s vs student alone, %s: "
-                         "%+.4f, Wilcoxon p = %.3g (%d users)"
-                         % (model, t["metric"], t["mean_diff"], t["p_value"], t["n_users"]))
-    else:
-        lines.append("the seeds tested on different splits: no pooled per-user test")
-    stream.write("\n".join(lines) + "\n")
-    getLogger().info("\n".join(lines))
-    return {"summary": summary, "reports": reports, "pooled_tests": pooled}
 
 
 def load_data_and_model(model_file):
@@ -224,7 +101,7 @@ def load_data_and_model(model_file):
     import yaml
 
     from recbole_derrd.checkpoints import CheckpointError
-    from recbole_derrd.export import plain_settings
+    from recbole_derrd.serving.export import plain_settings
     from recbole_derrd.safe_unpickle import model_classes
 
     checkpoint = load_checkpoint(model_file)

@@ -32,7 +32,7 @@ from recbole.data.utils import get_dataloader
 from recbole.utils import get_trainer, init_seed
 
 from recbole_derrd.checkpoints import CheckpointError, atomic_save, load_checkpoint
-from recbole_derrd.compat import barrier, is_main_process
+from recbole_derrd.distributed import barrier, is_main_process
 from recbole_derrd.config import stock_model_yaml
 from recbole_derrd.trainer import last_checkpoint_path, safe_trainer_class
 

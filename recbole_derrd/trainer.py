@@ -21,10 +21,10 @@ import random
 import numpy as np
 import torch
 from recbole.trainer import Trainer
-from recbole.utils import init_seed, set_color
+from recbole.utils import set_color
 
 from recbole_derrd.checkpoints import CheckpointError, atomic_save, load_checkpoint
-from recbole_derrd.compat import broadcast_numpy_state, is_main_process
+from recbole_derrd.distributed import broadcast_numpy_state, is_main_process
 
 LAST_SUFFIX = "-last.pth"
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-import recbole_derrd.comparison as comparison
+import recbole_derrd.harness.comparison as comparison
 
 
 def test_comparison_writes_tables_and_plot_and_skips_finished_cells(tiny, tmp_path, monkeypatch, capsys):

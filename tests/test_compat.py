@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from recbole_derrd import compat
+from recbole_derrd import checkpoints, compat
 
 
 def test_stack_problems_name_each_package():
@@ -62,24 +62,24 @@ def test_load_checkpoint_reads_what_default_torch_load_rejects(tmp_path):
     if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 6):
         with pytest.raises(Exception, match="weights_only"):
             torch.load(path)
-    loaded = compat.load_checkpoint(path)
+    loaded = checkpoints.load_checkpoint(path)
     assert loaded["config"]["model"] == "BPR"
     torch.testing.assert_close(loaded["state_dict"]["w"], torch.ones(2))
 
 
 def test_load_checkpoint_errors_name_the_file(tmp_path):
-    with pytest.raises(compat.CheckpointError, match="checkpoint file not found: .*missing.pth"):
-        compat.load_checkpoint(tmp_path / "missing.pth")
+    with pytest.raises(checkpoints.CheckpointError, match="checkpoint file not found: .*missing.pth"):
+        checkpoints.load_checkpoint(tmp_path / "missing.pth")
     good = tmp_path / "good.pth"
     torch.save({"state_dict": {"w": torch.arange(1000)}}, good)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[:200])
-    with pytest.raises(compat.CheckpointError, match="truncated.pth"):
-        compat.load_checkpoint(truncated)
+    with pytest.raises(checkpoints.CheckpointError, match="truncated.pth"):
+        checkpoints.load_checkpoint(truncated)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(compat.CheckpointError, match="garbage.pth"):
-        compat.load_checkpoint(garbage)
+    with pytest.raises(checkpoints.CheckpointError, match="garbage.pth"):
+        checkpoints.load_checkpoint(garbage)
 
 
 def test_pandas_inplace_warning_is_silenced():
@@ -95,14 +95,14 @@ def test_pandas_inplace_warning_is_silenced():
 
 def test_trusted_loading_is_opt_in_with_warning(tmp_path, monkeypatch):
     path = tmp_path / "other.pth"
-    torch.save({"state_dict": {}, "extra": compat.CheckpointError("kept")}, path)
-    with pytest.raises(compat.CheckpointError, match="refusing"):
-        compat.load_checkpoint(path)
+    torch.save({"state_dict": {}, "extra": checkpoints.CheckpointError("kept")}, path)
+    with pytest.raises(checkpoints.CheckpointError, match="refusing"):
+        checkpoints.load_checkpoint(path)
     with pytest.warns(UserWarning, match="full unpickling"):
-        assert isinstance(compat.load_checkpoint(path, trusted=True)["extra"], compat.CheckpointError)
-    monkeypatch.setenv(compat.TRUST_ENV, "1")
+        assert isinstance(checkpoints.load_checkpoint(path, trusted=True)["extra"], checkpoints.CheckpointError)
+    monkeypatch.setenv(checkpoints.TRUST_ENV, "1")
     with pytest.warns(UserWarning, match="files you trust"):
-        compat.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
 
 
 @pytest.mark.parametrize("model", ["BPR", "LightGCN", "NeuMF", "DERRD", "RD", "CD", "ItemKNN", "Pop", "EASE"])
@@ -110,7 +110,7 @@ def test_genuine_recbole_checkpoints_load_safely(tiny, model):
     from recbole_derrd.quick_start import run_recbole
 
     result = run_recbole(model, config_dict=dict(tiny, epochs=1), saved=True)
-    checkpoint = compat.load_checkpoint(result["saved_model_file"])
+    checkpoint = checkpoints.load_checkpoint(result["saved_model_file"])
     assert checkpoint["config"]["model"] == model
     assert checkpoint["state_dict"] or checkpoint.get("other_parameter")
 

@@ -8,7 +8,7 @@ from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_model, init_seed
 
-from recbole_derrd.inference import recommend, top_k_items
+from recbole_derrd.serving.inference import recommend, top_k_items
 
 
 def plain_top_k(users, items, k, exclude):

@@ -11,8 +11,9 @@ import yaml
 from recbole.quick_start import run_recbole as stock_run_recbole
 
 import recbole_derrd.teacher as teacher_module
-from recbole_derrd.compat import CheckpointError
-from recbole_derrd.quick_start import load_data_and_model, run_recbole, run_side_by_side
+from recbole_derrd.checkpoints import CheckpointError
+from recbole_derrd.harness.side_by_side import run_side_by_side
+from recbole_derrd.quick_start import load_data_and_model, run_recbole
 
 from conftest import ROOT, write_tiny_dataset
 
@@ -161,7 +162,7 @@ print(json.dumps(dict(result)))
 
 
 def test_exported_student_runs_on_stock_recbole(tiny, workdir):
-    from recbole_derrd.export import export_student
+    from recbole_derrd.serving.export import export_student
 
     result = run_recbole("DERRD", config_dict=dict(tiny), saved=True)
     out = str(workdir / "exported")
@@ -251,7 +252,7 @@ def test_shipped_tuning_files_run_with_hyper_tuning(tiny, workdir):
 
 
 def test_run_seeds_aggregates_and_pools_same_split(tiny, capsys):
-    from recbole_derrd.quick_start import run_seeds
+    from recbole_derrd.harness.side_by_side import run_seeds
 
     report = run_seeds("DE", config_dict=dict(tiny, epochs=1), seeds=(1, 2), saved=False)
     student = report["summary"][1]
@@ -295,12 +296,12 @@ def test_side_by_side_student_alone_matches_a_fresh_run(tiny):
     from recbole.config import Config
 
     from recbole_derrd.config import plugin_owned_keys, student_config
-    from recbole_derrd.quick_start import _train_and_test, load_data
+    from recbole_derrd.quick_start import load_data, train_and_test
     from recbole_derrd.registration import PLUGIN_MODELS
 
     settings = dict(tiny, epochs=3)
     report = run_side_by_side("DERRD", config_dict=settings, saved=False)
     plugin = Config(model="DERRD", config_dict=settings)
     sconfig = student_config(plugin, plugin_owned_keys(plugin, PLUGIN_MODELS.values()))
-    fresh, _, _ = _train_and_test(sconfig, *load_data(sconfig), saved=False)
+    fresh, _, _ = train_and_test(sconfig, *load_data(sconfig), saved=False)
     assert report["rows"][1]["test_result"] == fresh["test_result"]

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 import recbole_derrd.checkpoints as checkpoints
-from recbole_derrd.compat import load_checkpoint
+from recbole_derrd.checkpoints import load_checkpoint
 from recbole_derrd.terms import RRD as RRDTerm
 from recbole_derrd.quick_start import run_recbole
 

@@ -5,7 +5,7 @@ import pytest
 from recbole.config import Config
 from recbole.data import create_dataset
 
-from recbole_derrd.synthetic import generate, write_atomic
+from recbole_derrd.harness.synthetic import generate, write_atomic
 
 
 def test_exact_size_distinct_pairs_and_minimum_per_user():

@@ -84,14 +84,14 @@ def run_point(args, params):
     sys.argv = sys.argv[:1]
     from recbole.utils import get_model, get_trainer, init_seed
 
-    from recbole_derrd.quick_start import _prepare
+    from recbole_derrd.quick_start import prepare
     from recbole_derrd.trainer import safe_trainer_class
 
     settings = dict(params, teacher_checkpoint=args.teacher_checkpoint, seed=args.seed,
                     checkpoint_dir=os.path.join(args.out, "checkpoints", point_name(params)))
     if args.data_path:
         settings["data_path"] = args.data_path
-    config, _, train_data, valid_data, _ = _prepare("CD", None, args.config_files, settings)
+    config, _, train_data, valid_data, _ = prepare("CD", None, args.config_files, settings)
     init_seed(config["seed"], config["reproducibility"])
     model = get_model("CD")(config, train_data._dataset).to(config["device"])
     trainer = safe_trainer_class(get_trainer(config["MODEL_TYPE"], "CD"))(config, model)

@@ -6,7 +6,7 @@ Every user gets at least ``min_per_user`` distinct items (so a leave-one-out spl
 training data for everyone); the rest are drawn pair by pair from the two power laws, with
 duplicate (user, item) pairs removed and redrawn until the requested count is reached.
 
-    python -m recbole_derrd.synthetic --users 200000 --items 100000 \\
+    python -m recbole_derrd.harness.synthetic --users 200000 --items 100000 \\
         --interactions 10000000 --out data --name synth10m
 """
 
@@ -14,6 +14,8 @@ import argparse
 import os
 
 import numpy as np
+
+from recbole_derrd.atomic import atomic_write
 
 
 def _zipf_weights(n, exponent, rng):
@@ -72,12 +74,14 @@ def write_atomic(folder, name, users, items):
     path = os.path.join(folder, name)
     os.makedirs(path, exist_ok=True)
     target = os.path.join(path, name + ".inter")
-    with open(target + ".tmp", "w", encoding="utf-8") as handle:
+
+    def write(handle):
         handle.write("user_id:token\titem_id:token\n")
         for start in range(0, len(users), 1 << 20):
             block = np.stack([users[start:start + (1 << 20)], items[start:start + (1 << 20)]], 1)
             np.savetxt(handle, block, fmt="%d", delimiter="\t")
-    os.replace(target + ".tmp", target)
+
+    atomic_write(target, write, binary=False)
     return target
 
 

@@ -10,7 +10,7 @@ From a DE/RRD/DERRD checkpoint this writes, into one folder:
 * ``<Backbone>-student.yaml``: the plain RecBole settings to rebuild the backbone and its data
   split with ``Config(model=..., dataset=..., config_file_list=[yaml])``.
 
-Usage: ``python -m recbole_derrd.export saved/DERRD-....pth --out exported/``
+Usage: ``python -m recbole_derrd.serving.export saved/DERRD-....pth --out exported/``
 """
 
 import argparse
@@ -18,6 +18,7 @@ import os
 
 import yaml
 
+from recbole_derrd.atomic import atomic_write_text
 from recbole_derrd.checkpoints import CheckpointError, atomic_save, load_checkpoint
 from recbole_derrd.config import plugin_owned_keys, student_config
 
@@ -80,10 +81,7 @@ def export_student(checkpoint_file, out_dir):
         "optimizer": None,
     }, paths["checkpoint"], pickle_protocol=4)
     atomic_save(state, paths["weights"])
-    tmp = paths["config"] + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(plain_settings(sconfig), handle, sort_keys=True)
-    os.replace(tmp, paths["config"])
+    atomic_write_text(paths["config"], yaml.safe_dump(plain_settings(sconfig), sort_keys=True))
     return paths
 
 

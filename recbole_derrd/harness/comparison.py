@@ -16,6 +16,7 @@ teacher is prepared before its cells, so no method's train time includes it.
 
 import csv
 import glob
+import io
 import json
 import os
 import sys
@@ -24,10 +25,13 @@ from logging import getLogger
 
 import numpy as np
 
+from recbole_derrd.atomic import atomic_write_text
+from recbole_derrd_hook import MODEL_NAMES
+from recbole_derrd.harness.tables import markdown_table
 from recbole_derrd.evaluation import PAIRED_METRICS, over_seeds, paired_test, per_user_over_seeds
 
 DERRD_FAMILY = ("DE", "RRD", "DERRD")
-DISTILLATION_METHODS = ("RD", "CD") + DERRD_FAMILY
+DISTILLATION_METHODS = tuple(m for m in MODEL_NAMES if m not in DERRD_FAMILY) + DERRD_FAMILY
 STUDENT = "Student"
 #: the seed's teacher itself, tested with the same negatives (its training is the pre-step)
 TEACHER = "Teacher"
@@ -53,7 +57,7 @@ def _inference_seconds(model, users=256, k=20):
     import torch
 
     from recbole_derrd.backbones import ADAPTERS
-    from recbole_derrd.inference import recommend
+    from recbole_derrd.serving.inference import recommend
 
     backbone = getattr(model, "student", model)
     if type(backbone).__name__ not in ADAPTERS:
@@ -78,7 +82,7 @@ def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir):
     from recbole.config import Config
 
     from recbole_derrd.config import plugin_owned_keys, student_config
-    from recbole_derrd.quick_start import _train_and_test, load_data
+    from recbole_derrd.quick_start import load_data, train_and_test
     from recbole_derrd.registration import PLUGIN_MODELS
 
     if method == TEACHER:
@@ -100,7 +104,7 @@ def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir):
     config.final_config_dict["resume"] = last
     data, train_data, valid_data, test_data = load_data(config)
     start = time.perf_counter()
-    result, model, per_user = _train_and_test(config, data, train_data, valid_data, test_data, saved=True)
+    result, model, per_user = train_and_test(config, data, train_data, valid_data, test_data, saved=True)
     elapsed = time.perf_counter() - start
     deployable = getattr(model, "student", model)
     return {
@@ -168,12 +172,12 @@ def _teacher_cell(seed, dataset, config_file_list, config_dict, out_dir):
 
     It prepares (trains or loads) the seed's teacher itself; ``teacher_prepare_seconds`` is that time.
     """
-    from recbole_derrd.quick_start import _teacher_row
+    from recbole_derrd.harness.side_by_side import teacher_row
 
     model, config, test_data, prepare_seconds = _seed_teacher(seed, dataset, config_file_list,
                                                               config_dict, out_dir)
     start = time.perf_counter()
-    row, per_user = _teacher_row(model, config, test_data)
+    row, per_user = teacher_row(model, config, test_data)
     elapsed = time.perf_counter() - start
     return {
         "method": TEACHER, "seed": seed, "model": model.teacher_config["model"],
@@ -244,8 +248,7 @@ def _mean_or_none(values):
 def markdown(summary, title):
     metrics = summary["metrics"]
     names = [m.replace("hit", "H").replace("mrr", "M").replace("ndcg", "N") for m in metrics]
-    lines = ["## " + title, "", "| method | params | " + " | ".join(names)
-             + " | train + test (s) | best/last epoch |", "|" + " --- |" * (len(metrics) + 4)]
+    rows = []
     for row in summary["rows"]:
         cells = []
         for m in metrics:
@@ -254,19 +257,19 @@ def markdown(summary, title):
             cells.append("**%s**" % text if best else text)
         seconds = "-" if row["train_seconds"] is None else "%.0f" % row["train_seconds"]
         seconds += "*" if row["resumed"] else ""
-        lines.append("| %s | %s | %s | %s | %s |" % (row["method"], format(row["parameters"], ","),
-                                                     " | ".join(cells), seconds, ", ".join(row["epochs"])))
-    lines += ["", "Bold: best mean per column, the teacher excepted. Mean +- std over seeds. Epochs "
-              "count from 0, one entry per seed (the teacher: its best epoch only). Best baseline (by "
-              "N@10, not the teacher, DE/RRD/DE-RRD or the student): %s." % summary["best_baseline"]
-              + (" *: resumed from a checkpoint (in at least one seed); the time counts the last process "
-                 "only (`resumed_from` in the JSON)." if any(r["resumed"] for r in summary["rows"]) else ""),
-              "",
-              "| method | vs | metric | mean per-user difference | Wilcoxon p | users |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    for t in summary["tests"]:
-        lines.append("| %s | %s | %s | %+.4f | %.3g | %d |" % (t["method"], t["reference"], t["metric"],
-                                                              t["mean_diff"], t["p_value"], t["n_users"]))
+        rows.append([row["method"], format(row["parameters"], ",")] + cells
+                    + [seconds, ", ".join(row["epochs"])])
+    tests = [[t["method"], t["reference"], t["metric"], "%+.4f" % t["mean_diff"], "%.3g" % t["p_value"],
+              t["n_users"]] for t in summary["tests"]]
+    lines = ["## " + title, "",
+             markdown_table(["method", "params"] + names + ["train + test (s)", "best/last epoch"], rows),
+             "", "Bold: best mean per column, the teacher excepted. Mean +- std over seeds. Epochs "
+             "count from 0, one entry per seed (the teacher: its best epoch only). Best baseline (by "
+             "N@10, not the teacher, DE/RRD/DE-RRD or the student): %s." % summary["best_baseline"]
+             + (" *: resumed from a checkpoint (in at least one seed); the time counts the last process "
+                "only (`resumed_from` in the JSON)." if any(r["resumed"] for r in summary["rows"]) else ""),
+             "",
+             markdown_table(["method", "vs", "metric", "mean per-user difference", "Wilcoxon p", "users"], tests)]
     return "\n".join(lines) + "\n"
 
 
@@ -274,27 +277,23 @@ def write_outputs(summary, cells, out_dir, title):
     """comparison.md / .csv / .json, and comparison.png when matplotlib is installed."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
-    paths["md"] = os.path.join(out_dir, "comparison.md")
-    with open(paths["md"], "w", encoding="utf-8") as handle:
-        handle.write(markdown(summary, title))
-    paths["csv"] = os.path.join(out_dir, "comparison.csv")
-    with open(paths["csv"], "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["method", "parameters", "train_seconds", "inference_seconds_256_users"]
-                        + ["%s_mean" % m for m in summary["metrics"]] + ["%s_std" % m for m in summary["metrics"]]
-                        + ["resumed"])
-        for row in summary["rows"]:
-            writer.writerow([row["method"], row["parameters"],
-                             "" if row["train_seconds"] is None else "%.2f" % row["train_seconds"],
-                             row["inference_seconds_256_users"]]
-                            + ["%.6f" % row["mean"][m] for m in summary["metrics"]]
-                            + ["%.6f" % row["std"][m] for m in summary["metrics"]]
-                            + [int(row["resumed"])])
-    paths["json"] = os.path.join(out_dir, "comparison.json")
-    with open(paths["json"], "w", encoding="utf-8") as handle:
-        json.dump({"title": title, **{k: v for k, v in summary.items()},
-                   "cells": [{k: v for k, v in c.items() if k != "per_user"} for c in cells.values()]},
-                  handle, indent=1)
+    paths["md"] = atomic_write_text(os.path.join(out_dir, "comparison.md"), markdown(summary, title))
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["method", "parameters", "train_seconds", "inference_seconds_256_users"]
+                    + ["%s_mean" % m for m in summary["metrics"]] + ["%s_std" % m for m in summary["metrics"]]
+                    + ["resumed"])
+    for row in summary["rows"]:
+        writer.writerow([row["method"], row["parameters"],
+                         "" if row["train_seconds"] is None else "%.2f" % row["train_seconds"],
+                         row["inference_seconds_256_users"]]
+                        + ["%.6f" % row["mean"][m] for m in summary["metrics"]]
+                        + ["%.6f" % row["std"][m] for m in summary["metrics"]]
+                        + [int(row["resumed"])])
+    paths["csv"] = atomic_write_text(os.path.join(out_dir, "comparison.csv"), table.getvalue())
+    paths["json"] = atomic_write_text(os.path.join(out_dir, "comparison.json"), json.dumps(
+        {"title": title, **{k: v for k, v in summary.items()},
+         "cells": [{k: v for k, v in c.items() if k != "per_user"} for c in cells.values()]}, indent=1))
     paths["png"] = plot(summary, os.path.join(out_dir, "comparison.png"))
     return paths
 
@@ -372,10 +371,4 @@ def run_comparison(dataset=None, config_file_list=None, config_dict=None, method
 
 def _write_json_atomically(result, path):
     """A crash while writing never leaves a half-written cell (which would count as done)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(result, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(result))

@@ -1,0 +1,1 @@
+"""Serving the distilled student: top-k recommendation and export as a stock RecBole model."""
