@@ -26,9 +26,8 @@ class _GatheredDot(torch.autograd.Function):
 
     The user gradient sum_x g[u, x] V[i(u, x)] is one weighted ``embedding_bag`` (no [U, X, d]
     tensor); the item gradient is one ``index_add_`` of the outer products g[u, x] U[u].  The
-    two [U * X, d] temporaries (gathered rows, outer products) live in a scratch pool.  With
-    the loss's closed-form backward, RRD epochs on CiteULike took ~7% less time than with
-    autograd through ``index_select`` (README, Performance).
+    two [U * X, d] temporaries (gathered rows, outer products) live in a scratch pool
+    (measured against autograd through ``index_select``: benchmarks/RESULTS.md).
     """
 
     pool = ScratchPool()

@@ -20,7 +20,7 @@ def fused_adam(optimizer):
     """The same Adam/AdamW with torch's fused kernel, else ``optimizer`` unchanged.
 
     Same update rule (equal up to float rounding); one kernel per step instead of a chain of
-    foreach ops: ~6x faster on CPU for DE's ~1.4M expert parameters (benchmarks/RESULTS.md).
+    foreach ops, which matters for DE's many expert parameters (benchmarks/RESULTS.md).
     """
     if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
         return optimizer

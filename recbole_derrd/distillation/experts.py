@@ -68,10 +68,9 @@ def dense_block_rows(mh, d_t):
     and at most DENSE_BLOCK_MAX_ELEMENTS / mh.
 
     Every block streams the [M*h, d_t] second-layer weights through two products, so wider
-    teachers need taller blocks.  Measured on the 2-core machine (one step's two calls, tau 1):
-    BPR 20 -> 200 (M*h = 3300) 85-90 ms per step at 317-500 rows, slower above; NeuMF 50 ->
-    500 (M*h = 8250) 298 ms at 127 rows (the earlier fixed 4 MiB blocks), 224-226 ms at
-    800-2000 rows.  The result does not depend on the blocks beyond float rounding (tested).
+    teachers need taller blocks to amortise that traffic, while the cap keeps the temporaries
+    in cache-friendly sizes (the measurements behind the bounds: benchmarks/RESULTS.md).  The
+    result does not depend on the blocks beyond float rounding (tested).
     """
     rows = max(2 * d_t, DENSE_BLOCK_ELEMENTS // mh)
     return max(1, min(rows, DENSE_BLOCK_MAX_ELEMENTS // mh))
@@ -80,9 +79,7 @@ def dense_block_rows(mh, d_t):
 def _expert_major(weights):
     """[n, M] weights as a contiguous [M, n] copy, so a block's [M, 1, rows] view has unit
     stride along rows: torch's broadcast multiply over [M, h, rows] is several times slower
-    through the strided view ``weights[block].t()`` (profiled on the 2-core machine, DE's
-    dense path on 712- and 1950-row calls: the backward's in-place multiply took 593 us per
-    call through the strided view, 76 us through this copy)."""
+    through the strided view ``weights[block].t()`` (profile in benchmarks/RESULTS.md)."""
     return weights.t().contiguous()
 
 

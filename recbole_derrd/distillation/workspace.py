@@ -2,8 +2,8 @@
 
 A freshly allocated multi-MB CPU tensor costs page faults on first touch: glibc's malloc
 hands blocks of this size back to the kernel on free, so every training step faults them in
-again (about 3 ms per 12 MB on the 2-core benchmark machine: as much as the arithmetic on
-them, and the main source of run-to-run noise there).  Scratch tensors are therefore taken
+again, which can cost as much as the arithmetic on them and adds run-to-run noise.  Scratch
+tensors are therefore taken
 from and given back to a small pool instead.  The process-wide allocator is left alone.
 """
 
