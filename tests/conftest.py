@@ -32,6 +32,30 @@ def write_tiny_dataset(folder, name="tiny", n_users=60, n_items=150, per_user=14
     return folder
 
 
+def write_benchmark_split(folder, edit=None, name="tiny"):
+    """Replace ``<folder>/<name>/<name>.inter`` by RecBole benchmark files (train / valid /
+    test: per user, the last interaction is test and the one before it valid); ``edit(parts)``
+    may change the parts ({"train": rows, ...}) before they are written."""
+    source = os.path.join(folder, name, name + ".inter")
+    with open(source, encoding="utf-8") as handle:
+        header, *rows = handle.read().splitlines()
+    by_user = {}
+    for row in rows:
+        by_user.setdefault(row.split("\t")[0], []).append(row)
+    parts = {"train": [], "valid": [], "test": []}
+    for user_rows in by_user.values():
+        parts["train"] += user_rows[:-2]
+        parts["valid"].append(user_rows[-2])
+        parts["test"].append(user_rows[-1])
+    if edit is not None:
+        edit(parts)
+    for part, part_rows in parts.items():
+        with open(os.path.join(folder, name, "%s.%s.inter" % (name, part)), "w", encoding="utf-8") as handle:
+            handle.write("\n".join([header] + part_rows) + "\n")
+    os.remove(source)
+    return folder
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

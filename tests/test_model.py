@@ -241,19 +241,19 @@ def test_shipped_protocols(tiny):
         recbole_derrd.protocol_file("paper")
 
 
-def test_readme_documents_every_plugin_key():
+def test_configuration_reference_documents_every_plugin_key():
     import os
 
     from recbole_derrd.config import plugin_defaults, read_yaml, recbole_properties_dir
 
-    readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
+    reference = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "configuration.md")).read()
     stock = set(read_yaml(os.path.join(recbole_properties_dir(), "overall.yaml")))
     keys = set()
     for cls in recbole_derrd.PLUGIN_MODELS.values():
         keys.update(plugin_defaults(cls))
     for key in sorted(keys):
         where = "`%s`" % key if key in stock else "| `%s` |" % key
-        assert where in readme, "README does not document %s" % key
+        assert where in reference, "docs/configuration.md does not document %s" % key
 
 
 def test_fused_adam_same_update_rule_and_used_by_the_trainer(tiny):

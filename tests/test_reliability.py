@@ -177,25 +177,10 @@ def test_single_interaction_users_stay_in_training_only(tiny, workdir):
 
 def test_users_and_items_only_in_test_files_get_ids(tiny, workdir):
     """Documented behaviour (RecBole's): benchmark files share one token map."""
-    from conftest import write_tiny_dataset
+    from conftest import write_benchmark_split, write_tiny_dataset
 
-    folder = write_tiny_dataset(str(workdir / "bench"))
-    source = os.path.join(folder, "tiny", "tiny.inter")
-    lines = open(source).read().splitlines()
-    header, rows = lines[0], lines[1:]
-    by_user = {}
-    for row in rows:
-        by_user.setdefault(row.split("\t")[0], []).append(row)
-    parts = {"train": [], "valid": [], "test": []}
-    for user_rows in by_user.values():
-        parts["train"] += user_rows[:-2]
-        parts["valid"].append(user_rows[-2])
-        parts["test"].append(user_rows[-1])
-    parts["test"].append("newcomer\tnew_item\t1")
-    for part, part_rows in parts.items():
-        with open(os.path.join(folder, "tiny", "tiny.%s.inter" % part), "w") as handle:
-            handle.write("\n".join([header] + part_rows) + "\n")
-    os.remove(source)
+    folder = write_benchmark_split(write_tiny_dataset(str(workdir / "bench")),
+                                   lambda parts: parts["test"].append("newcomer\tnew_item\t1"))
     config = dict(tiny, data_path=folder, benchmark_filename=["train", "valid", "test"])
     result = run_recbole("DERRD", config_dict=config, saved=False)
     assert 0 <= result["test_result"]["ndcg@10"] <= 1

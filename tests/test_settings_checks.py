@@ -8,7 +8,7 @@ import recbole_derrd.teacher as teacher_module
 from recbole_derrd.quick_start import run_recbole
 from recbole_derrd.settings_checks import suspicious_keys
 
-from conftest import write_tiny_dataset
+from conftest import write_benchmark_split, write_tiny_dataset
 
 
 @pytest.fixture
@@ -91,22 +91,10 @@ def test_duplicate_rows_warn_with_count_and_switch(tiny, workdir):
 
 
 def test_held_out_pairs_also_in_training_warn(tiny, workdir):
-    folder = write_tiny_dataset(str(workdir / "bench"))
-    source = os.path.join(folder, "tiny", "tiny.inter")
-    header, *rows = open(source).read().splitlines()
-    by_user = {}
-    for row in rows:
-        by_user.setdefault(row.split("\t")[0], []).append(row)
-    parts = {"train": [], "valid": [], "test": []}
-    for user_rows in by_user.values():
-        parts["train"] += user_rows[:-2]
-        parts["valid"].append(user_rows[-2])
-        parts["test"].append(user_rows[-1])
-    parts["train"] += parts["test"][:3]  # three test pairs leaked into training
-    for part, part_rows in parts.items():
-        with open(os.path.join(folder, "tiny", "tiny.%s.inter" % part), "w") as handle:
-            handle.write("\n".join([header] + part_rows) + "\n")
-    os.remove(source)
+    def leak(parts):
+        parts["train"] += parts["test"][:3]  # three test pairs leaked into training
+
+    folder = write_benchmark_split(write_tiny_dataset(str(workdir / "bench")), leak)
     from recbole.config import Config
 
     with pytest.warns(UserWarning, match=r"tiny.test.inter: 3 of its 60 \(user, item\) pairs are also in .*tiny.train.inter"):
