@@ -1,5 +1,8 @@
 """Making the frozen teacher ready: load a given checkpoint, reuse the cache, or train it.
 
+:func:`prepare_distillation` is the one step before a distilled student trains (the trainer,
+the benchmarks and the harness call it): the teacher first, then the terms' precomputation.
+
 Cache: with no ``teacher_checkpoint``, the teacher is trained once with RecBole's own Trainer on
 the student's dataset, split and seed, and saved to
 ``<teacher_cache_dir>/<teacher_model>-<dataset>-<key>.pth`` (``teacher_cache_dir`` defaults to
