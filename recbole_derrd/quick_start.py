@@ -73,6 +73,7 @@ def train_and_test(config, data, train_data, valid_data, test_data, saved=True):
         "test_result": test_result,
         "parameters": sum(p.numel() for p in model.parameters()),
         "saved_model_file": trainer.saved_model_file if saved else None,
+        "cap_bound": trainer.cap_bound,
     }
     return result, model, per_user
 

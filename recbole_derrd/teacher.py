@@ -301,6 +301,9 @@ def prepare_teacher(model, train_data, valid_data, show_progress=False):
                 remove_training_files(path)
                 logger.info("Teacher saved to cache %s" % path)
     model.teacher_epoch = checkpoint.get("epoch")
+    logger.info("Teacher ready: %s, %s parameters, best validation %s %s (epoch %s)" % (
+        tconfig["model"], format(sum(p.numel() for p in teacher.parameters()), ","),
+        tconfig["valid_metric"], _score_text(checkpoint.get("best_valid_score")), model.teacher_epoch))
     teacher.zero_grad(set_to_none=True)  # drop gradients left over from its own training
     teacher.eval().requires_grad_(False)
     return teacher
@@ -321,6 +324,10 @@ def _read_cache(path, description, teacher, device):
         _move_aside(path, "corrupt", "cached teacher unusable (%s); it is retrained" % exc)
         return None
     return checkpoint
+
+
+def _score_text(score):
+    return "%.4f" % score if isinstance(score, (int, float)) else "unknown"
 
 
 def _write_cache(path, tconfig, best, teacher, description):

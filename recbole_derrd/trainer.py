@@ -64,6 +64,8 @@ class SafeCheckpointMixin:
         super().__init__(config, model)
         self.saved_model_file = unique_checkpoint_name(self.saved_model_file)
         self._resumed = False
+        #: True when the epoch cap ended a run still improving on validation (set by fit).
+        self.cap_bound = False
 
     def _load_into_model(self, checkpoint_file, checkpoint=None):
         if checkpoint is None:
@@ -179,16 +181,35 @@ class SafeCheckpointMixin:
             # RecBole's fit would save the current (last-epoch) weights as the *best* model here.
             self.logger.info("Checkpoint %s ended its run (epoch cap or early stopping): nothing "
                              "to train; the best model stays %s" % (resume, self.saved_model_file))
+            self.last_evaluated_epoch = self.start_epoch - 1
+            self._report_binding_cap(valid_data)
             return self.best_valid_score, self.best_valid_result
 
         def after_evaluation(epoch_idx, valid_score):
+            self.last_evaluated_epoch = epoch_idx
+            if self.cur_step == 0:
+                self.best_epoch = epoch_idx
             if saved:
                 self._save_last_checkpoint(epoch_idx, train_data)
             if callback_fn:
                 callback_fn(epoch_idx, valid_score)
 
-        return super().fit(train_data, valid_data, verbose=verbose, saved=saved,
-                           show_progress=show_progress, callback_fn=after_evaluation)
+        result = super().fit(train_data, valid_data, verbose=verbose, saved=saved,
+                             show_progress=show_progress, callback_fn=after_evaluation)
+        self._report_binding_cap(valid_data)
+        return result
+
+    def _report_binding_cap(self, valid_data):
+        """Say so when the epoch cap, not early stopping, ended a run that was still improving
+        on validation (its best evaluation within the last ``stopping_step`` ones)."""
+        self.cap_bound = bool(valid_data) and self.eval_step > 0 and self.cur_step <= self.stopping_step \
+            and getattr(self, "last_evaluated_epoch", -1) >= 0
+        if self.cap_bound:
+            self.logger.warning(
+                "%s ended at its epoch cap (epochs=%d) while still improving on validation (best "
+                "epoch %s, last evaluated %d): raise `epochs`, or resume from its -last checkpoint "
+                "with a larger cap" % (self.config["model"], self.epochs, getattr(self, "best_epoch", "?"),
+                                       self.last_evaluated_epoch))
 
     def _finished(self):
         """A resumed run has nothing left: the epoch cap is reached or early stopping fired."""

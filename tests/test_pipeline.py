@@ -305,3 +305,33 @@ def test_side_by_side_student_alone_matches_a_fresh_run(tiny):
     sconfig = student_config(plugin, plugin_owned_keys(plugin, PLUGIN_MODELS.values()))
     fresh, _, _ = train_and_test(sconfig, *load_data(sconfig), saved=False)
     assert report["rows"][1]["test_result"] == fresh["test_result"]
+
+
+def test_side_by_side_reports_the_teacher_gap_on_validation(tiny, capsys):
+    """A teacher barely trained (tiny learning rate) has nothing to teach: the run says so."""
+    from recbole_derrd.harness.side_by_side import teacher_clearly_better
+
+    report = run_side_by_side("RRD", config_dict=dict(tiny, epochs=2, t_learning_rate=1e-7), saved=False)
+    out = capsys.readouterr().out
+    gap = report["teacher_valid_tests"][0]
+    assert gap["metric"] == "ndcg@10" and "Teacher vs student alone on validation, ndcg@10" in out
+    assert not teacher_clearly_better(gap)
+    assert "Warning: the teacher is not significantly better than the student alone on validation" in out
+    assert teacher_clearly_better({"mean_diff": 0.01, "p_value": 0.001})
+    assert not teacher_clearly_better({"mean_diff": -0.01, "p_value": 0.001})
+
+
+def test_a_binding_epoch_cap_is_reported(tiny, caplog):
+    capped = run_recbole("BPR", config_dict=dict(tiny, epochs=2, stopping_step=10), saved=True)
+    assert capped["cap_bound"]
+    assert "ended at its epoch cap (epochs=2) while still improving on validation" in caplog.text
+    stopped = run_recbole("BPR", config_dict=dict(tiny, epochs=50, stopping_step=0, learning_rate=0.05),
+                          saved=True)
+    assert not stopped["cap_bound"]
+
+
+def test_comparison_marks_cells_ended_by_the_cap():
+    from recbole_derrd.harness.comparison import _epochs_text
+
+    assert _epochs_text({"best_epoch": 3, "last_epoch": 4, "cap_bound": True}) == "3/4 cap"
+    assert _epochs_text({"best_epoch": 3, "last_epoch": 9}) == "3/9"

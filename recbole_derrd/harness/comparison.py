@@ -115,6 +115,7 @@ def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir):
         "train_and_test_seconds": elapsed, "resumed_from": last,
         "inference_seconds_256_users": _inference_seconds(model),
         **cell_epochs(settings["checkpoint_dir"]),
+        "cap_bound": bool(result.get("cap_bound")),
     }
 
 
@@ -236,8 +237,10 @@ def summarise(cells, methods, seeds):
 
 
 def _epochs_text(cell):
-    """'best/last' evaluated epoch; '-' where unknown (a teacher's last epoch is not kept)."""
-    return "/".join("-" if cell.get(key) is None else str(cell[key]) for key in ("best_epoch", "last_epoch"))
+    """'best/last' evaluated epoch; '-' where unknown (a teacher's last epoch is not kept);
+    ' cap' when the epoch cap ended a run that was still improving on validation."""
+    text = "/".join("-" if cell.get(key) is None else str(cell[key]) for key in ("best_epoch", "last_epoch"))
+    return text + (" cap" if cell.get("cap_bound") else "")
 
 
 def _mean_or_none(values):
@@ -267,7 +270,9 @@ def markdown(summary, title):
              "count from 0, one entry per seed (the teacher: its best epoch only). Best baseline (by "
              "N@10, not the teacher, DE/RRD/DE-RRD or the student): %s." % summary["best_baseline"]
              + (" *: resumed from a checkpoint (in at least one seed); the time counts the last process "
-                "only (`resumed_from` in the JSON)." if any(r["resumed"] for r in summary["rows"]) else ""),
+                "only (`resumed_from` in the JSON)." if any(r["resumed"] for r in summary["rows"]) else "")
+             + (" cap: the epoch cap, not early stopping, ended a run still improving on validation."
+                if any(" cap" in e for r in summary["rows"] for e in r["epochs"]) else ""),
              "",
              markdown_table(["method", "vs", "metric", "mean per-user difference", "Wilcoxon p", "users"], tests)]
     return "\n".join(lines) + "\n"

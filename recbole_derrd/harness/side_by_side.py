@@ -31,6 +31,26 @@ def teacher_row(distilled, config, test_data):
             "parameters": sum(p.numel() for p in distilled.teacher.parameters())}, per_user
 
 
+def teacher_gap_on_validation(distilled, student, student_config, valid_data):
+    """Per-user tests of the teacher against the student alone on validation (same negatives).
+
+    A teacher that is not clearly better than its student has little to transfer; the test
+    uses validation only, so it can guide tuning the teacher without looking at test."""
+    teacher_trainer = safe_trainer_class(get_trainer(distilled.teacher_config["MODEL_TYPE"],
+                                                     distilled.teacher_config["model"]))(
+        distilled.teacher_config, distilled.teacher)
+    _, teacher_users = comparable_test(teacher_trainer, valid_data, load_best_model=False)
+    student_trainer = safe_trainer_class(get_trainer(student_config["MODEL_TYPE"],
+                                                     student_config["model"]))(student_config, student)
+    _, student_users = comparable_test(student_trainer, valid_data, load_best_model=False)
+    return [paired_test(student_users, teacher_users, m) for m in PAIRED_METRICS if m in student_users]
+
+
+def teacher_clearly_better(test, alpha=0.05):
+    """The teacher's mean per-user gain is positive and significant at ``alpha``."""
+    return test["mean_diff"] > 0 and test["p_value"] < alpha
+
+
 def backbone_label(adapter):
     """e.g. ``BPR-200``: the backbone and the size of its user representation."""
     return "%s-%d" % (type(adapter.model).__name__, adapter.user_dim)
@@ -70,9 +90,10 @@ def run_side_by_side(model="DERRD", dataset=None, config_file_list=None, config_
     teacher_result, teacher_users = teacher_row(distilled, config, test_data)
 
     sconfig = student_config(config, plugin_owned_keys(config, PLUGIN_MODELS.values()))
-    student_row, _, student_users = train_and_test(
+    student_row, student, student_users = train_and_test(
         sconfig, data, train_data, valid_data, test_data, saved)
     student_row["model"] = "Student alone (%s)" % student_label
+    teacher_gap = teacher_gap_on_validation(distilled, student, sconfig, valid_data)
 
     rows = [teacher_result, student_row, distilled_row]
     metrics = list(distilled_row["test_result"])
@@ -91,11 +112,19 @@ def run_side_by_side(model="DERRD", dataset=None, config_file_list=None, config_
         for t in group:
             lines.append("%s, %s: mean per-user difference %+.4f, Wilcoxon signed-rank p = %.3g (%d users)"
                          % (label, t["metric"], t["mean_diff"], t["p_value"], t["n_users"]))
+    gap = teacher_gap[0]
+    lines.append("Teacher vs student alone on validation, %s: mean per-user difference %+.4f, "
+                 "Wilcoxon signed-rank p = %.3g (%d users)"
+                 % (gap["metric"], gap["mean_diff"], gap["p_value"], gap["n_users"]))
+    if not teacher_clearly_better(gap):
+        lines.append("Warning: the teacher is not significantly better than the student alone on "
+                     "validation: distillation has little to transfer; tune the teacher first.")
     if exported:
         lines.append("Exported student: %s" % ", ".join(exported.values()))
     stream.write("\n".join(lines) + "\n")
     logger.info("\n".join(lines))
     return {"rows": rows, "paired_tests": tests, "teacher_tests": teacher_tests,
+            "teacher_valid_tests": teacher_gap,
             "per_user": {"teacher": teacher_users, "student": student_users, model: distilled_users},
             "exported": exported, "config": config, "test_split": interactions_digest(test_data._dataset)}
 
