@@ -22,6 +22,7 @@ So this unpickler checks what each opcode *does*, not only which names it resolv
 * protocol-0/1 instantiation (``INST``, ``OBJ``) and the copyreg extension registry are refused.
 """
 
+import codecs
 import collections
 import enum
 import pickle
@@ -82,6 +83,7 @@ class _Allowed:
             collections.OrderedDict: _check_ordered_dict,
             set: _check_collection,
             frozenset: _check_collection,
+            codecs.encode: _check_latin1_bytes,
         }
         table = {}
         for value in (list(self.model_classes) + list(self.enums) + list(self.sparse)
@@ -93,7 +95,8 @@ class _Allowed:
         table.update({("torch", "device"): torch.device, ("torch", "Size"): torch.Size,
                       ("numpy", "dtype"): np.dtype, ("numpy", "ndarray"): np.ndarray,
                       ("numpy", "matrix"): np.matrix,
-                      ("builtins", "set"): set, ("builtins", "frozenset"): frozenset})
+                      ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
+                      ("_codecs", "encode"): codecs.encode})
         for module in NUMPY_CORE_MODULES:
             table[(module, "_reconstruct")] = multiarray._reconstruct
             table[(module, "scalar")] = multiarray.scalar
@@ -202,6 +205,12 @@ def _check_dtype(args):
 def _check_ordered_dict(args):
     if args not in ((),) and not (len(args) == 1 and isinstance(args[0], list)):
         _refuse("OrderedDict%r" % (args,))
+
+
+def _check_latin1_bytes(args):
+    """Protocol 2 writes a ``bytes`` object as ``_codecs.encode(text, "latin1")``."""
+    if len(args) != 2 or not isinstance(args[0], str) or args[1] not in ("latin1", "latin-1"):
+        _refuse("_codecs.encode%r" % (args,))
 
 
 def _check_collection(args):

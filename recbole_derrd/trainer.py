@@ -34,6 +34,18 @@ def last_checkpoint_path(saved_model_file):
     return stem + LAST_SUFFIX
 
 
+def best_checkpoint_path(last_file):
+    """The best checkpoint beside a "last" one (the inverse of :func:`last_checkpoint_path`).
+
+    Derived from the file's own name, never read from its content: a file must not choose
+    where the resumed run writes."""
+    if not last_file.endswith(LAST_SUFFIX):
+        raise CheckpointError("resume checkpoint %s is a 'last' checkpoint but not named <run>%s"
+                              % (last_file, LAST_SUFFIX))
+    stem = last_file[:-len(LAST_SUFFIX)]
+    return stem if stem.endswith(".training") else stem + ".pth"
+
+
 def random_states(train_data=None):
     states = {"python": random.getstate(), "numpy": np.random.get_state(),
               "torch": torch.get_rng_state()}
@@ -166,10 +178,12 @@ class SafeCheckpointMixin:
         if not checkpoint.get("optimizer"):
             raise CheckpointError("%s has no optimizer state: it cannot be resumed" % resume_file)
         check_model_state(self.model, checkpoint, resume_file)
-        if checkpoint.get("last") and not os.path.isfile(str(checkpoint.get("best_model_file"))):
-            raise CheckpointError(
-                "resume checkpoint %s points to its best checkpoint %s, which is missing: the run's "
-                "best model cannot be recovered" % (resume_file, checkpoint.get("best_model_file")))
+        if checkpoint.get("last"):
+            checkpoint["best_model_file"] = best_checkpoint_path(resume_file)
+            if not os.path.isfile(checkpoint["best_model_file"]):
+                raise CheckpointError(
+                    "resume checkpoint %s points to its best checkpoint %s, which is missing: the "
+                    "run's best model cannot be recovered" % (resume_file, checkpoint["best_model_file"]))
         return checkpoint
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,

@@ -116,3 +116,12 @@ def test_loader_resets_device_and_distributed_keys(tmp_path):
 def test_directory_is_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="is a directory, not a checkpoint file"):
         load_checkpoint(tmp_path)
+
+
+def test_protocol_2_bytes_load_but_only_as_latin1_text(tmp_path):
+    """Protocol 2 pickles bytes as ``_codecs.encode(text, "latin1")``: allowed for that only."""
+    path = tmp_path / "p2.pth"
+    torch.save({"state_dict": {}, "blob": b"\x00\xffraw"}, path, pickle_protocol=2)
+    assert load_checkpoint(path)["blob"] == b"\x00\xffraw"
+    with pytest.raises(safe_unpickle.UnsafeCheckpointError):
+        safe_unpickle._check_latin1_bytes(("text", "rot13"))

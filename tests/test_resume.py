@@ -154,3 +154,17 @@ def test_corrupt_cached_teacher_is_moved_aside_and_retrained(tiny, tmp_path):
     again = load_checkpoint(cache)
     for name, tensor in good["state_dict"].items():
         assert torch.equal(tensor, again["state_dict"][name]), name
+
+
+def test_resume_never_writes_where_the_file_says(tiny, tmp_path):
+    """A "last" checkpoint stores its best file's path; a crafted one could point anywhere.
+    The best file is always the one beside the "last" file, named after it."""
+    run_recbole("RRD", config_dict=dict(tiny, epochs=2, stopping_step=100), saved=True)
+    best, last = _best_and_last(tiny["checkpoint_dir"], "RRD")
+    state = load_checkpoint(last)
+    elsewhere = tmp_path / "elsewhere" / "victim.pth"
+    state["best_model_file"] = str(elsewhere)
+    torch.save(state, last)
+    result = run_recbole("RRD", config_dict=dict(tiny, epochs=4, stopping_step=100, resume=last), saved=True)
+    assert not elsewhere.exists()
+    assert result["saved_model_file"] == best
