@@ -53,7 +53,8 @@ def check_interaction_file(path, config):
 
 
 def _check_rows(path, config, fields, separator):
-    """Numeric ``float`` columns; the number of duplicate (user, item) rows (warned about)."""
+    """Numeric ``float`` columns; duplicate (user, item) rows warned about.  Returns the file's
+    set of (user, item) pairs (the held-out check compares the benchmark files' sets)."""
     import pandas as pd
 
     wanted = (config["load_col"] or {}).get("inter") if isinstance(config["load_col"], dict) else None
@@ -77,33 +78,22 @@ def _check_rows(path, config, fields, separator):
         warnings.warn("dataset file %s has %d duplicate (user, item) rows: RecBole keeps them, so a "
                       "held-out pair can also be a training pair; set rm_dup_inter: first to drop them"
                       % (path, duplicates), stacklevel=2)
-    return duplicates
+    return set(zip(pairs.iloc[:, 0], pairs.iloc[:, 1]))
 
 
 def check_dataset_files(config):
-    for path in interaction_files(config):
-        check_interaction_file(path, config)
-    parts = config["benchmark_filename"]
-    if parts and len(parts) == 3:
-        check_held_out_pairs(config, *interaction_files(config))
+    paths = interaction_files(config)
+    pair_sets = [check_interaction_file(path, config) for path in paths]
+    if len(paths) == 3 and config["benchmark_filename"]:
+        check_held_out_pairs(paths, pair_sets)
 
 
-def check_held_out_pairs(config, train_path, *held_out_paths):
-    """Warn when pre-split files put a (user, item) pair both in training and in valid/test."""
-    import pandas as pd
-
-    separator = config["field_separator"] or "\t"
-    keys = (config["USER_ID_FIELD"], config["ITEM_ID_FIELD"])
-
-    def pairs(path):
-        table = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, encoding="utf-8")
-        table.columns = [c.split(":")[0] for c in table.columns]
-        return set(zip(table[keys[0]], table[keys[1]]))
-
-    train = pairs(train_path)
-    for path in held_out_paths:
-        held = pairs(path)
+def check_held_out_pairs(paths, pair_sets):
+    """Warn when pre-split files put a (user, item) pair both in training and in valid/test
+    (``paths`` and their ``pair_sets`` in train, valid, test order)."""
+    train = pair_sets[0]
+    for path, held in zip(paths[1:], pair_sets[1:]):
         leaked = len(held & train)
         if leaked:
             warnings.warn("dataset file %s: %d of its %d (user, item) pairs are also in %s"
-                          % (path, leaked, len(held), train_path), stacklevel=2)
+                          % (path, leaked, len(held), paths[0]), stacklevel=2)

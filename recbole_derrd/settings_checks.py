@@ -16,6 +16,7 @@ from recbole.utils.argument_list import (dataset_arguments, evaluation_arguments
                                          training_arguments)
 
 from recbole_derrd.config import TEACHER_PREFIX
+from recbole_derrd.terms.base import positive_int
 
 POSITIVE_INTEGER_KEYS = ("epochs", "train_batch_size", "eval_batch_size", "eval_step")
 #: keys RecBole or the plugin read without a yaml default.
@@ -23,19 +24,13 @@ EXTRA_KNOWN_KEYS = ("resume", "benchmark_filename", "nproc", "world_size", "ip",
                     "config_files", "model", "dataset")
 
 
-def _positive_integer(config, key):
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError("%s=%r must be a positive integer" % (key, value))
-
-
 def check_counts(config):
     for key in POSITIVE_INTEGER_KEYS:
-        _positive_integer(config, key)
+        positive_int(config, key)
     if not config["teacher_checkpoint"]:  # the teacher is trained: its epochs must be too
         for key in ("t_epochs", "t_train_batch_size"):
             if config[key] is not None:
-                _positive_integer(config, key)
+                positive_int(config, key)
 
 
 def _writable(folder, key):
