@@ -23,7 +23,7 @@ import argparse
 import sys
 
 import recbole_derrd  # noqa: F401  (registers the models; must run at import: DDP workers)
-from recbole_derrd.checkpoints import CheckpointError
+from recbole_derrd.cli_errors import run_reporting_user_errors
 from recbole_derrd.config import protocol_file
 from recbole_derrd.registration import PLUGIN_MODELS
 
@@ -64,24 +64,9 @@ def parse_args(argv):
     return args
 
 
-#: what a user's input can cause; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, CheckpointError,
-               FloatingPointError)
-
-
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.debug:
-        return run(args)
-    try:
-        return run(args)
-    except USER_ERRORS as exc:
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        sys.stderr.write("recbole-derrd: error: %s (--debug shows the traceback)\n" % message)
-        raise SystemExit(2)
-    except KeyboardInterrupt:
-        sys.stderr.write("recbole-derrd: interrupted; the checkpoints written so far are kept\n")
-        raise SystemExit(130)
+    return run_reporting_user_errors(lambda: run(args), debug=args.debug)
 
 
 def check_model_name(name):
