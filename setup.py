@@ -62,6 +62,7 @@ setup(
         "filelock>=3.12",  # one teacher training per cache entry across concurrent runs
     ],
     extras_require={"test": ["pytest>=7", "hyperopt==0.2.5", "matplotlib>=3.5"],
-                    "tune": ["hyperopt==0.2.5"], "plot": ["matplotlib>=3.5"]},
+                    "tune": ["hyperopt==0.2.5"], "plot": ["matplotlib>=3.5"],
+                    "faiss": ["faiss-cpu>=1.7"]},
     entry_points={"console_scripts": ["recbole-derrd-export=recbole_derrd.serving.export:main"]},
 )

@@ -182,6 +182,30 @@ def test_exported_student_runs_on_stock_recbole(tiny, workdir):
     stock_metrics = json.loads(proc.stdout.strip().splitlines()[-1])
     assert stock_metrics == pytest.approx(dict(result["test_result"]))
 
+    # --vectors: the student's tables, id maps and training items as plain arrays
+    from recbole_derrd.quick_start import load_data_and_model
+    from recbole_derrd.serving.export import main as export_main
+    from recbole_derrd.serving.inference import recommend
+    from recbole_derrd.serving.requests import Recommender
+
+    export_main([result["saved_model_file"], "--out", out, "--vectors"])
+    recommender = Recommender.load(os.path.join(out, "BPR-student.vectors.npz"), k=10)
+    _, model, _, train_data, _, _ = load_data_and_model(result["saved_model_file"])
+    _, expected = recommend(model, torch.arange(1, 30), k=10, exclude=train_data._dataset.inter_matrix(form="csr"))
+    assert [recommender.request(user)[1].tolist() for user in range(1, 30)] == expected.tolist()
+
+
+def test_export_command_reports_a_bad_checkpoint_in_one_line(workdir, capsys):
+    from recbole_derrd.serving.export import main as export_main
+
+    (workdir / "broken.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as exit_info:
+        export_main([str(workdir / "broken.pth"), "--out", str(workdir / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("recbole-derrd-export: error:") and "broken.pth" in err[0]
+    assert not (workdir / "out").exists()
+
 
 def test_side_by_side_shares_split_and_negatives(tiny, capsys):
     report = run_side_by_side("DERRD", config_dict=dict(tiny), saved=True, export_dir="exported")

@@ -9,8 +9,11 @@ From a DE/RRD/DERRD checkpoint this writes, into one folder:
   ``torch.load(..., weights_only=True)`` (no pickled code).
 * ``<Backbone>-student.yaml``: the plain RecBole settings to rebuild the backbone and its data
   split with ``Config(model=..., dataset=..., config_file_list=[yaml])``.
+* with ``--vectors``: ``<Backbone>-student.vectors.npz``, the user and item vectors, id maps and
+  training items as plain arrays (:mod:`recbole_derrd.serving.vectors`; needs the dataset, which
+  is rebuilt from the checkpoint's settings).
 
-Usage: ``python -m recbole_derrd.serving.export saved/DERRD-....pth --out exported/``
+Usage: ``python -m recbole_derrd.serving.export saved/DERRD-....pth --out exported/ [--vectors]``
 """
 
 import argparse
@@ -85,15 +88,38 @@ def export_student(checkpoint_file, out_dir):
     return paths
 
 
+def export_student_vectors(checkpoint_file, out_dir):
+    """Write ``<Backbone>-student.vectors.npz`` for a plugin checkpoint; return its path.
+
+    The model and its training split are rebuilt from the checkpoint (the dataset must be where
+    its ``data_path`` says)."""
+    from recbole_derrd.quick_start import load_data_and_model
+    from recbole_derrd.serving.vectors import backbone_of, export_vectors
+
+    _, model, _, train_data, _, _ = load_data_and_model(checkpoint_file)
+    name = type(backbone_of(model)).__name__
+    return export_vectors(model, train_data._dataset, os.path.join(out_dir, "%s-student.vectors.npz" % name))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a DE, RRD or DERRD checkpoint saved by RecBole")
     parser.add_argument("--out", default="exported", help="output folder (default: exported)")
+    parser.add_argument("--vectors", action="store_true",
+                        help="also write the student's vectors and id maps (.npz) for numpy or a vector index")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
     args = parser.parse_args(argv)
     import recbole_derrd  # noqa: F401  (registers the models whose checkpoint is read)
+    from recbole_derrd.cli_errors import run_reporting_user_errors
 
-    for kind, path in export_student(args.checkpoint, args.out).items():
-        print("%-10s %s" % (kind, path))
+    def run():
+        paths = export_student(args.checkpoint, args.out)
+        if args.vectors:
+            paths["vectors"] = export_student_vectors(args.checkpoint, args.out)
+        for kind, path in paths.items():
+            print("%-10s %s" % (kind, path))
+
+    run_reporting_user_errors(run, prog="recbole-derrd-export", debug=args.debug)
 
 
 if __name__ == "__main__":
