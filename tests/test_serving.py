@@ -15,7 +15,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_model, init_seed
 
 from recbole_derrd.serving.inference import recommend
-from recbole_derrd.serving.requests import BLOCK, KERNELS, Recommender, two_stage_top_k
+from recbole_derrd.serving.requests import KERNELS, Recommender, block_width, two_stage_top_k
 from recbole_derrd.serving.vectors import export_vectors, load_vectors
 
 
@@ -51,6 +51,16 @@ def test_two_stage_top_k_hand_computed():
     assert top.tolist() == [9, 8] and where.tolist() == [0, 1]
 
 
+def test_block_width_leaves_room_to_prune():
+    assert block_width(25182, 20) == 128  # CiteULike: 197 blocks
+    assert block_width(1683, 20) == 8  # ml-100k: 211 blocks
+    assert block_width(3000, 1) == 128 and block_width(100, 50) == 8
+    # fewer blocks than k: one partition of every score
+    values = np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.float32)
+    top, where = two_stage_top_k(values, values.reshape(2, 4), 3, torch.empty(2))
+    assert top.tolist() == [9, 6, 5] and where.tolist() == [5, 7, 4]
+
+
 def test_two_stage_top_k_keeps_every_tied_value():
     values = np.array([1, 5, 5, 0, 5, 2, 5, 5], dtype=np.float32)
     top, where = two_stage_top_k(values, values.reshape(4, 2), 3, torch.empty(4))
@@ -58,7 +68,7 @@ def test_two_stage_top_k_keeps_every_tied_value():
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("n_items,k", [(3000, 20), (3000, 1), (300, 20), (BLOCK * 3, 5)])
+@pytest.mark.parametrize("n_items,k", [(30000, 20), (3000, 20), (3000, 1), (300, 20), (128 * 3, 5), (60, 21)])
 def test_request_matches_exact_top_k(kernel, n_items, k):
     users, items, exclude = tables(n_items=n_items)
     recommender = Recommender(users, items, exclude, k=k, kernel=kernel)

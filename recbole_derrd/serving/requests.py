@@ -15,11 +15,12 @@ the arithmetic itself.  :class:`Recommender` does all of that once:
 * the training items of every user are one int64 index array with offsets (a slice per
   request, no scipy call);
 * the score vector is preallocated per thread (requests may run side by side in threads),
-  padded to whole blocks of :data:`BLOCK` items;
+  padded to whole blocks (:func:`block_width`: up to :data:`MAX_BLOCK` items, at least ~8 k
+  blocks so that the first stage prunes);
 * the top-k is taken in two stages: the ``k`` blocks with the highest maxima, then, among their
   items, those scoring at least the smallest of those maxima (at least k, usually few more),
   sorted.  The k best scores always lie in those blocks, so the result is exact (ties may be
-  broken differently from ``torch.topk``), and only ``k x BLOCK`` scores are read after the
+  broken differently from ``torch.topk``), and only ``k x block`` scores are read after the
   block maxima.
 
 A request runs on the calling thread with the process's BLAS/torch thread settings; a server
@@ -34,8 +35,16 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-#: items per block of the two-stage top-k (the second stage reads k x BLOCK scores).
-BLOCK = 128
+#: largest block of the two-stage top-k (the second stage reads k x block scores).
+MAX_BLOCK = 128
+
+
+def block_width(n_items, k):
+    """Items per block: a power of two from 8 to MAX_BLOCK giving at least ~8 k blocks."""
+    width = MAX_BLOCK
+    while width > 8 and n_items < 8 * k * width:
+        width //= 2
+    return width
 
 #: product kernels: name -> (layout of the item table, function(user vector, items, out)).
 KERNELS = ("numpy-dot-items-t", "numpy-dot-items", "torch-mv")
@@ -74,23 +83,23 @@ def exclusion_index(exclude, n_users, n_items):
 
 
 def two_stage_top_k(scores, blocks, k, block_max):
-    """Exact top-k of ``scores`` (a view of ``blocks`` [n_blocks, BLOCK], padded with -inf).
+    """Exact top-k of ``scores`` (a view of ``blocks`` [n_blocks, width], padded with -inf).
 
     ``block_max`` is a preallocated float32 tensor [n_blocks] (torch's row maximum is several
     times faster than numpy's on short rows).  Returns (values, positions), best first."""
     n_blocks, width = blocks.shape
+    if n_blocks <= k:  # too few blocks to prune: one partition of every score
+        candidates = blocks.ravel()
+        best = np.argpartition(candidates, len(candidates) - k)[len(candidates) - k:]
+        best = best[np.argsort(-candidates[best], kind="stable")]
+        return candidates[best], best
     torch.amax(torch.from_numpy(blocks), dim=1, out=block_max)
     maxima = block_max.numpy()
-    candidates = blocks.ravel()
-    best = np.arange(len(candidates))
-    if n_blocks > k:
-        chosen = np.argpartition(maxima, n_blocks - k)[n_blocks - k:]
-        candidates = blocks[chosen].ravel()
-        # each chosen block holds a score >= the smallest chosen maximum, so the k best are
-        # among the candidates at or above it (usually little more than k of them)
-        (best,) = np.nonzero(candidates >= maxima[chosen].min())
-    else:
-        chosen = np.arange(n_blocks)
+    chosen = np.argpartition(maxima, n_blocks - k)[n_blocks - k:]
+    candidates = blocks[chosen].ravel()
+    # each chosen block holds a score >= the smallest chosen maximum, so the k best are among
+    # the candidates at or above it (usually little more than k of them)
+    (best,) = np.nonzero(candidates >= maxima[chosen].min())
     best = best[np.argsort(-candidates[best], kind="stable")[:k]]
     return candidates[best], chosen[best // width] * width + best % width
 
@@ -120,7 +129,8 @@ class Recommender:
         self.k = self._check_k(k)
         self.user_vectors = users
         self.user_tokens, self.item_tokens = user_tokens, item_tokens
-        self.n_blocks = -(-self.n_items // BLOCK)
+        self.block = block_width(self.n_items, self.k)
+        self.n_blocks = -(-self.n_items // self.block)
         self._local = threading.local()
         self.kernel_seconds = {}
         if kernel is None:
@@ -200,11 +210,11 @@ class Recommender:
 
     # ------------------------------------------------------------------ internals
     def _buffers(self):
-        """(scores [n_items] view, blocks [n_blocks, BLOCK], block maxima) of this thread."""
+        """(scores [n_items] view, blocks [n_blocks, block], block maxima) of this thread."""
         buffers = getattr(self._local, "buffers", None)
         if buffers is None:
-            padded = np.full(self.n_blocks * BLOCK, -np.inf, dtype=np.float32)
-            buffers = (padded[:self.n_items], padded.reshape(self.n_blocks, BLOCK),
+            padded = np.full(self.n_blocks * self.block, -np.inf, dtype=np.float32)
+            buffers = (padded[:self.n_items], padded.reshape(self.n_blocks, self.block),
                        torch.empty(self.n_blocks, dtype=torch.float32))
             self._local.buffers = buffers
         return buffers
