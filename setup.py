@@ -48,7 +48,7 @@ setup(
     python_requires=">=3.9,<3.12",
     packages=find_packages(include=["recbole_derrd", "recbole_derrd.*"]) + ["recbole_derrd.properties"],
     package_dir={"recbole_derrd.properties": "properties"},
-    package_data={"recbole_derrd.properties": ["*.yaml", "model/*.yaml", "protocol/*.yaml", "tuning/*.hyper"]},
+    package_data={"recbole_derrd.properties": ["*.yaml", "model/*.yaml", "protocol/*.yaml", "tuning/*.hyper", "tuning/*.yaml"]},
     py_modules=["recbole_derrd_hook"],
     cmdclass={"build_py": BuildWithStartupHook},
     install_requires=[

@@ -275,38 +275,66 @@ def prepare_distillation(model, train_data, valid_data, show_progress=False):
 def prepare_teacher(model, train_data, valid_data, show_progress=False):
     """Fill ``model.teacher`` with trained weights; leave it frozen in eval mode.
 
-    ``model.teacher_epoch`` records the epoch of the loaded (best) checkpoint, None if unknown.
+    ``model.teacher_epoch`` and ``model.teacher_valid_score`` record the epoch and validation
+    score (``valid_metric``) of the loaded (best) checkpoint, None if unknown.
+    With ``tune_teacher`` the teacher is the best of a search on validation
+    (:mod:`recbole_derrd.teacher_tuning`).
     """
+    from recbole_derrd.teacher_tuning import tuning_budget, tune_teacher
+
     config, tconfig, teacher = model.config, model.teacher_config, model.teacher
     logger = getLogger()
     fingerprint = data_fingerprint(train_data._dataset, valid_data._dataset if valid_data else None)
     given = config["teacher_checkpoint"]
+    budget = tuning_budget(config)
+    if given and budget:
+        raise ValueError("tune_teacher=%r needs a teacher the plugin trains, but teacher_checkpoint=%s "
+                         "is given: set one of them" % (config["tune_teacher"], given))
     if given:
         checkpoint = load_checkpoint(given, map_location=config["device"])
         verify_checkpoint(checkpoint, given, tconfig, fingerprint)
         _load_weights(teacher, checkpoint["state_dict"], given)
         logger.info("Teacher loaded from teacher_checkpoint %s" % given)
+    elif budget:
+        checkpoint = tune_teacher(model, train_data, valid_data, fingerprint, budget, show_progress)
+        tconfig, teacher = model.teacher_config, model.teacher
     else:
-        description = cache_description(tconfig, fingerprint)
-        path = cache_path(config, tconfig, cache_key(description))
-        with cache_lock(path):
-            checkpoint = _read_cache(path, description, teacher, config["device"])
-            if checkpoint is not None:
-                logger.info("Teacher loaded from cache %s" % path)
-            else:
-                checkpoint = train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress)
-                if is_main_process():
-                    _write_cache(path, tconfig, checkpoint, teacher, description)
-                barrier()
-                remove_training_files(path)
-                logger.info("Teacher saved to cache %s" % path)
+        checkpoint = cached_or_trained_teacher(teacher, config, tconfig, fingerprint, train_data, valid_data,
+                                               show_progress)[0]
     model.teacher_epoch = checkpoint.get("epoch")
+    model.teacher_valid_score = checkpoint.get("best_valid_score")
     logger.info("Teacher ready: %s, %s parameters, best validation %s %s (epoch %s)" % (
         tconfig["model"], format(sum(p.numel() for p in teacher.parameters()), ","),
         tconfig["valid_metric"], _score_text(checkpoint.get("best_valid_score")), model.teacher_epoch))
     teacher.zero_grad(set_to_none=True)  # drop gradients left over from its own training
     teacher.eval().requires_grad_(False)
     return teacher
+
+
+def cached_or_trained_teacher(teacher, config, tconfig, fingerprint, train_data, valid_data, show_progress=False):
+    """Load ``teacher``'s cache entry for ``tconfig``, or train it and write the entry.
+
+    Returns (best checkpoint, cache path, "cache" or "trained").  The check-train-write holds the
+    entry's lock; the training seconds of a trained teacher are stored in its entry
+    (``derrd_train_seconds``) so a search table can report them when it is read back later.
+    """
+    logger = getLogger()
+    description = cache_description(tconfig, fingerprint)
+    path = cache_path(config, tconfig, cache_key(description))
+    with cache_lock(path):
+        checkpoint = _read_cache(path, description, teacher, config["device"])
+        if checkpoint is not None:
+            logger.info("Teacher loaded from cache %s" % path)
+            return checkpoint, path, "cache"
+        start = time.perf_counter()
+        checkpoint = train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress)
+        checkpoint["derrd_train_seconds"] = time.perf_counter() - start
+        if is_main_process():
+            _write_cache(path, tconfig, checkpoint, teacher, description)
+        barrier()
+        remove_training_files(path)
+        logger.info("Teacher saved to cache %s" % path)
+    return checkpoint, path, "trained"
 
 
 def _read_cache(path, description, teacher, device):
@@ -339,6 +367,7 @@ def _write_cache(path, tconfig, best, teacher, description):
         "state_dict": teacher.state_dict(),
         "other_parameter": teacher.other_parameter(),
         "derrd_teacher": description,
+        "derrd_train_seconds": float(best.get("derrd_train_seconds") or 0.0),
     }, path, pickle_protocol=4)
     with open(path + ".json", "w", encoding="utf-8") as handle:
         json.dump(description, handle, indent=2, sort_keys=True)

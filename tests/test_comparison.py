@@ -47,6 +47,16 @@ def test_comparison_writes_tables_and_plot_and_skips_finished_cells(tiny, tmp_pa
     for (method, _), cell in report["cells"].items():
         if method not in ("Teacher", "Pop"):
             assert 0 <= cell["best_epoch"] <= cell["last_epoch"] < settings["epochs"], method
+    # the teacher's lead over every row, on validation (its valid_metric) and on test N@10
+    summary_rows = {r["method"]: r for r in report["summary"]["rows"]}
+    student = report["cells"][("Student", 0)]
+    assert teacher["best_valid_result"] == {"ndcg@10": pytest.approx(teacher["best_valid_result"]["ndcg@10"])}
+    assert summary_rows["Student"]["gap_valid"] == pytest.approx(
+        teacher["best_valid_result"]["ndcg@10"] - student["best_valid_result"]["ndcg@10"])
+    assert summary_rows["Student"]["gap_test"] == pytest.approx(
+        teacher["test_result"]["ndcg@10"] - student["test_result"]["ndcg@10"])
+    assert summary_rows["Teacher"]["gap_test"] is None and "teacher lead, valid N@10" in table
+    assert rows[1]["teacher_lead_test"] == "%.6f" % summary_rows["Student"]["gap_test"]
     # every method saw the same test users
     cells = report["cells"]
     assert len({len(c["per_user"]["ndcg@10"]) for c in cells.values()}) == 1
@@ -80,6 +90,24 @@ def test_interrupted_cell_restarts_from_its_last_checkpoint(tiny, tmp_path):
     assert "resumed from a checkpoint" in table
     with open(os.path.join(out, "comparison.csv")) as handle:
         assert {r["method"]: r["resumed"] for r in csv.DictReader(handle)} == {"Student": "0", "DE": "1"}
+
+
+def test_teacher_lead_against_hand_values():
+    def cell(method, seed, test, valid):
+        return {"method": method, "seed": seed, "model": "BPR", "parameters": 1, "test_result": {"ndcg@10": test},
+                "best_valid_result": None if valid is None else {"ndcg@10": valid},
+                "train_and_test_seconds": None, "inference_seconds_256_users": None, "resumed_from": None,
+                "best_epoch": 1, "last_epoch": 2, "per_user": {"ndcg@10": [test], "hit@10": [test]}}
+
+    cells = {("Teacher", 0): cell("Teacher", 0, 0.50, 0.40), ("Teacher", 1): cell("Teacher", 1, 0.60, 0.44),
+             ("Student", 0): cell("Student", 0, 0.40, 0.35), ("Student", 1): cell("Student", 1, 0.45, 0.30)}
+    rows = {r["method"]: r for r in comparison.summarise(cells, ["Teacher", "Student"], [0, 1])["rows"]}
+    assert rows["Student"]["gap_test"] == pytest.approx(((0.50 - 0.40) + (0.60 - 0.45)) / 2)
+    assert rows["Student"]["gap_valid"] == pytest.approx(((0.40 - 0.35) + (0.44 - 0.30)) / 2)
+    # a teacher cell written before validation scores were kept: no validation lead
+    cells[("Teacher", 1)]["best_valid_result"] = None
+    rows = {r["method"]: r for r in comparison.summarise(cells, ["Teacher", "Student"], [0, 1])["rows"]}
+    assert rows["Student"]["gap_valid"] is None and rows["Student"]["gap_test"] is not None
 
 
 def test_seed_statistics_against_hand_values():

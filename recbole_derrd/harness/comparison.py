@@ -183,12 +183,18 @@ def _teacher_cell(seed, dataset, config_file_list, config_dict, out_dir):
     return {
         "method": TEACHER, "seed": seed, "model": model.teacher_config["model"],
         **_tested(row["test_result"], per_user, config),
-        "best_valid_result": None, "parameters": int(row["parameters"]),
+        "best_valid_result": _teacher_validation(model, config), "parameters": int(row["parameters"]),
         "train_and_test_seconds": None, "test_seconds": elapsed, "resumed_from": None,
         "teacher_prepare_seconds": prepare_seconds,
         "inference_seconds_256_users": _inference_seconds(model.teacher),
         "best_epoch": model.teacher_epoch, "last_epoch": None,
     }
+
+
+def _teacher_validation(model, config):
+    """{valid_metric: the teacher's best validation score} (None when its checkpoint lacks it)."""
+    score = getattr(model, "teacher_valid_score", None)
+    return None if score is None else {config["valid_metric"].lower(): float(score)}
 
 
 def prepare_seed_teacher(seed, dataset, config_file_list, config_dict, out_dir):
@@ -216,6 +222,7 @@ def summarise(cells, methods, seeds):
             "epochs": [_epochs_text(r) for r in runs],
             "inference_seconds_256_users": float(np.median(inference)) if inference else None,
         })
+    _add_teacher_gaps(rows, cells, methods, seeds)
     metrics = list(rows[0]["mean"])
     contenders = [row for row in rows if row["method"] != TEACHER] or rows
     best = {m: max(row["mean"][m] for row in contenders) for m in metrics}
@@ -234,6 +241,32 @@ def summarise(cells, methods, seeds):
                 t = paired_test(per_user(reference), per_user(row["method"]), metric)
                 tests.append(dict(t, method=row["method"], reference=reference))
     return {"rows": rows, "metrics": metrics, "best": best, "best_baseline": best_baseline, "tests": tests}
+
+
+def _add_teacher_gaps(rows, cells, methods, seeds, test_metric="ndcg@10"):
+    """Per row, the teacher's lead over it (mean over seeds of teacher - row, seed by seed) on
+    validation (the teacher's ``valid_metric``) and on test ``test_metric``: how much a method
+    leaves on the table, and, on the student-alone row, how much the teacher has to teach."""
+    teacher = [cells[(TEACHER, s)] for s in seeds] if TEACHER in methods else None
+    valid_key = None
+    if teacher and all(c.get("best_valid_result") for c in teacher):
+        valid_key = next(iter(teacher[0]["best_valid_result"]))
+    for row in rows:
+        row["gap_valid"] = row["gap_test"] = None
+        row["valid_metric"], row["gap_metric"] = valid_key, test_metric
+        if not teacher or row["method"] == TEACHER:
+            continue
+        runs = [cells[(row["method"], s)] for s in seeds]
+        if all(test_metric in c["test_result"] for c in runs + teacher):
+            row["gap_test"] = float(np.mean([t["test_result"][test_metric] - c["test_result"][test_metric]
+                                             for t, c in zip(teacher, runs)]))
+        if valid_key and all(valid_key in (c.get("best_valid_result") or {}) for c in runs):
+            row["gap_valid"] = float(np.mean([t["best_valid_result"][valid_key] - c["best_valid_result"][valid_key]
+                                              for t, c in zip(teacher, runs)]))
+
+
+def _gap_text(value):
+    return "-" if value is None else "%+.4f" % value
 
 
 def _epochs_text(cell):
@@ -261,13 +294,17 @@ def markdown(summary, title):
         seconds = "-" if row["train_seconds"] is None else "%.0f" % row["train_seconds"]
         seconds += "*" if row["resumed"] else ""
         rows.append([row["method"], format(row["parameters"], ",")] + cells
-                    + [seconds, ", ".join(row["epochs"])])
+                    + [_gap_text(row["gap_valid"]), _gap_text(row["gap_test"]), seconds, ", ".join(row["epochs"])])
     tests = [[t["method"], t["reference"], t["metric"], "%+.4f" % t["mean_diff"], "%.3g" % t["p_value"],
               t["n_users"]] for t in summary["tests"]]
+    first = summary["rows"][0]
+    gap_names = ["teacher lead, valid %s" % (first.get("valid_metric") or "-").replace("ndcg", "N"),
+                 "teacher lead, test %s" % first.get("gap_metric", "ndcg@10").replace("ndcg", "N")]
     lines = ["## " + title, "",
-             markdown_table(["method", "params"] + names + ["train + test (s)", "best/last epoch"], rows),
+             markdown_table(["method", "params"] + names + gap_names + ["train + test (s)", "best/last epoch"], rows),
              "", "Bold: best mean per column, the teacher excepted. Mean +- std over seeds. Epochs "
-             "count from 0, one entry per seed (the teacher: its best epoch only). Best baseline (by "
+             "count from 0, one entry per seed (the teacher: its best epoch only). Teacher lead: teacher - "
+             "this row, per seed, averaged (validation: the teacher's valid_metric). Best baseline (by "
              "N@10, not the teacher, DE/RRD/DE-RRD or the student): %s." % summary["best_baseline"]
              + (" *: resumed from a checkpoint (in at least one seed); the time counts the last process "
                 "only (`resumed_from` in the JSON)." if any(r["resumed"] for r in summary["rows"]) else "")
@@ -287,14 +324,15 @@ def write_outputs(summary, cells, out_dir, title):
     writer = csv.writer(table)
     writer.writerow(["method", "parameters", "train_seconds", "inference_seconds_256_users"]
                     + ["%s_mean" % m for m in summary["metrics"]] + ["%s_std" % m for m in summary["metrics"]]
-                    + ["resumed"])
+                    + ["resumed", "teacher_lead_valid", "teacher_lead_test"])
     for row in summary["rows"]:
         writer.writerow([row["method"], row["parameters"],
                          "" if row["train_seconds"] is None else "%.2f" % row["train_seconds"],
                          row["inference_seconds_256_users"]]
                         + ["%.6f" % row["mean"][m] for m in summary["metrics"]]
                         + ["%.6f" % row["std"][m] for m in summary["metrics"]]
-                        + [int(row["resumed"])])
+                        + [int(row["resumed"])]
+                        + ["" if row[k] is None else "%.6f" % row[k] for k in ("gap_valid", "gap_test")])
     paths["csv"] = atomic_write_text(os.path.join(out_dir, "comparison.csv"), table.getvalue())
     paths["json"] = atomic_write_text(os.path.join(out_dir, "comparison.json"), json.dumps(
         {"title": title, **{k: v for k, v in summary.items()},

@@ -94,6 +94,15 @@ class DistilledRecommender(GeneralRecommender):
     def teacher(self):
         return self._teacher.model
 
+    def use_teacher(self, teacher, tconfig):
+        """Replace the teacher by another of the same sizes (a tuned candidate, see
+        :mod:`recbole_derrd.teacher_tuning`); the terms reach it through the shared adapter."""
+        teacher.to(self.config["device"]).eval().requires_grad_(False)
+        self._teacher.model = teacher
+        self.teacher_adapter.model = teacher
+        self.teacher_adapter.begin_step()
+        self.teacher_config = tconfig
+
     def term(self, name):
         """The term named ``name`` (``"DE"``, ``"RRD"``, ...)."""
         for term in self.distillation_terms:
