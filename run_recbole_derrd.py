@@ -58,6 +58,9 @@ def parse_args(argv):
                         help="with --compare: RecBole models to add at the student's size, e.g. Pop,ItemKNN")
     parser.add_argument("--out_dir", type=str, default="comparison",
                         help="with --compare: folder of the cells, tables and plot")
+    parser.add_argument("--continue_capped", type=int, default=None,
+                        help="with --compare: continue the finished cells that their epoch cap ended while "
+                             "still improving, from their last checkpoint up to this epoch cap")
     parser.add_argument("--debug", action="store_true",
                         help="on an error, show the full traceback instead of one line")
     args, _ = parser.parse_known_args(argv)
@@ -97,7 +100,7 @@ def run(args):
                    else [m.strip() for m in args.compare.split(",") if m.strip()])
         baselines = [m.strip() for m in args.baselines.split(",") if m.strip()]
         return run_comparison(args.dataset, config_file_list, methods=methods, baselines=baselines,
-                              seeds=seeds or [0], out_dir=args.out_dir)
+                              seeds=seeds or [0], out_dir=args.out_dir, continue_capped=args.continue_capped)
     if args.model in PLUGIN_MODELS and side_by_side and not distributed:
         from recbole_derrd.harness.side_by_side import run_seeds, run_side_by_side
 

@@ -68,8 +68,7 @@ def measure_requests(recommender, users_t, items_t, request_users, k):
     path = time_each(lambda user: recommender.request(user, k), request_users)
     floor = time_each(lambda user: torch.topk(torch.mv(items_t, users_t[user]), k), request_users)
     out = np.empty(recommender.n_items, dtype=np.float32)
-    product = time_each(lambda user: recommender._product(recommender.user_vectors[user], recommender.items, out),
-                        request_users)
+    product = time_each(lambda user: recommender.scores(user, out), request_users)
     return {"p50": percentiles(path)[0], "p99": percentiles(path)[1], "floor_p50": percentiles(floor)[0],
             "floor_p99": percentiles(floor)[1], "product_p50": percentiles(product)[0],
             "kernel": recommender.kernel}

@@ -100,8 +100,16 @@ def candidate_config(model, overrides):
     return backbone_config(model.config, model.teacher_config["model"], settings)
 
 
-def _label(overrides):
-    return ", ".join("%s=%s" % (k, json.dumps(v)) for k, v in overrides.items()) or "as configured"
+def _label(overrides, base=None):
+    """``key=value, ...``; a dict value shows only its entries that differ from ``base``'s."""
+    parts = []
+    for key, value in overrides.items():
+        known = (base or {}).get(key)
+        if isinstance(value, dict) and isinstance(known, dict):
+            parts += ["%s.%s=%s" % (key, k, json.dumps(v)) for k, v in value.items() if known.get(k) != v]
+        else:
+            parts.append("%s=%s" % (key, json.dumps(value)))
+    return ", ".join(parts) or "as configured"
 
 
 def tune_teacher(model, train_data, valid_data, fingerprint, budget, show_progress=False):
@@ -115,6 +123,7 @@ def tune_teacher(model, train_data, valid_data, fingerprint, budget, show_progre
     path = grid_file(config)
     grid = read_grid(path, name)
     bigger = model.teacher_config["valid_metric_bigger"]
+    base_settings = dict(model.teacher_config.final_config_dict)
     rows = []
 
     def evaluate(overrides):
@@ -125,11 +134,11 @@ def tune_teacher(model, train_data, valid_data, fingerprint, budget, show_progre
         checkpoint, entry, source = cached_or_trained_teacher(teacher, config, tconfig, fingerprint,
                                                              train_data, valid_data, show_progress)
         score = checkpoint.get("best_valid_score")
-        rows.append({"candidate": len(rows) + 1, "settings": _label(overrides), "overrides": overrides,
+        rows.append({"candidate": len(rows) + 1, "settings": _label(overrides, base_settings), "overrides": overrides,
                      "valid_score": score, "epoch": checkpoint.get("epoch"), "source": source,
                      "train_seconds": checkpoint.get("derrd_train_seconds"), "cache_file": entry})
         logger.info("Teacher candidate %d of at most %d (%s): validation %s %s (%s)" % (
-            len(rows), budget, _label(overrides), tconfig["valid_metric"], score, source))
+            len(rows), budget, _label(overrides, base_settings), tconfig["valid_metric"], score, source))
         return score, teacher, tconfig, checkpoint
 
     trials = axis_search(grid, budget, evaluate, bigger)
@@ -142,7 +151,7 @@ def tune_teacher(model, train_data, valid_data, fingerprint, budget, show_progre
     stem = os.path.splitext(cache_path(config, model.teacher_config, search_key))[0] + ".search"
     _write_table(stem, rows, chosen, name, model.teacher_config, path, budget)
     logger.info("Teacher tuned on validation: candidate %d of %d chosen (%s), table %s.md"
-                % (chosen, len(rows), _label(overrides), stem))
+                % (chosen, len(rows), _label(overrides, base_settings), stem))
     model.use_teacher(teacher, tconfig)
     checkpoint["derrd_search"] = stem + ".md"
     return checkpoint
@@ -188,7 +197,7 @@ def _write_table(stem, rows, chosen, name, tconfig, grid_path, budget):
     if not is_main_process():
         return
     metric = tconfig["valid_metric"]
-    header = ["candidate", "settings", "validation %s" % metric, "best epoch", "train time (s)", "source"]
+    header = ["candidate", "settings", "validation %s" % metric, "best epoch", "train time (s)", "this run"]
     body = [["%d%s" % (r["candidate"], " (chosen)" if r["candidate"] == chosen else ""), r["settings"],
              "%.4f" % r["valid_score"] if isinstance(r["valid_score"], (int, float)) else "unknown",
              str(r["epoch"]), "%.0f" % r["train_seconds"] if r["train_seconds"] else "unknown", r["source"]]
@@ -197,7 +206,7 @@ def _write_table(stem, rows, chosen, name, tconfig, grid_path, budget):
         "# Teacher search: %s on %s" % (name, tconfig["dataset"]), "",
         "Axis search on validation %s, at most %d candidates, grid %s. Candidate 1 is the teacher as "
         "configured; the test split is never used. Train time: when the candidate was trained (a "
-        "cached one keeps its original time)." % (metric, budget, grid_path), "",
+        "cached one keeps its original time); this run: trained now or read from the cache." % (metric, budget, grid_path), "",
         markdown_table(header, body), ""])
     atomic_write_text(stem + ".md", text)
     plain = [{k: v for k, v in r.items()} for r in rows]

@@ -32,6 +32,18 @@ def write_tiny_dataset(folder, name="tiny", n_users=60, n_items=150, per_user=14
     return folder
 
 
+def untrained_model(model_name, config_dict):
+    """(model, train data) of ``model_name`` built the way RecBole builds it, not trained."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, init_seed
+
+    config = Config(model=model_name, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    train, _, _ = data_preparation(config, create_dataset(config))
+    return get_model(model_name)(config, train._dataset), train
+
+
 def write_benchmark_split(folder, edit=None, name="tiny"):
     """Replace ``<folder>/<name>/<name>.inter`` by RecBole benchmark files (train / valid /
     test: per user, the last interaction is test and the one before it valid); ``edit(parts)``

@@ -71,6 +71,36 @@ def test_comparison_writes_tables_and_plot_and_skips_finished_cells(tiny, tmp_pa
     assert "done before, skipped" in capsys.readouterr().out
 
 
+def test_capped_cells_continue_with_a_larger_cap_only_when_asked(tiny, tmp_path, capsys):
+    out = str(tmp_path / "cmp")
+    settings = dict(tiny, epochs=2, stopping_step=10)  # two epochs: the cap ends every run
+    first = comparison.run_comparison(config_dict=settings, methods=["Student", "DERRD"], seeds=[0], out_dir=out)
+    teachers = sorted(glob.glob(os.path.join(out, "teachers", "*.pth")))
+    for method in ("Student", "DERRD"):
+        cell = first["cells"][(method, 0)]
+        assert cell["cap_bound"] and cell["last_epoch"] == 1
+    assert "continuing" not in capsys.readouterr().out
+    # without the flag a capped cell is done; with it, it continues from epoch 2 to the new cap
+    again = comparison.run_comparison(config_dict=settings, methods=["Student", "DERRD"], seeds=[0], out_dir=out,
+                                      continue_capped=4)
+    printed = capsys.readouterr().out
+    assert printed.count("continuing from epoch 2 to the cap 4") == 2
+    for method in ("Student", "DERRD"):
+        before, after = first["cells"][(method, 0)], again["cells"][(method, 0)]
+        assert after["last_epoch"] == 3 and after["continued_from"]["last_epoch"] == 1
+        assert after["train_and_test_seconds"] > before["train_and_test_seconds"]
+        assert after["resumed_from"] is None  # the time covers both processes
+        saved = json.load(open(os.path.join(out, "cells", "%s-seed0.json" % method)))
+        assert saved["last_epoch"] == 3
+    # the teacher kept its own epochs: its cache entry was reused, not retrained
+    assert sorted(glob.glob(os.path.join(out, "teachers", "*.pth"))) == teachers
+    assert "+" in open(os.path.join(out, "comparison.md")).read().split("| Student |")[1].split("\n")[0]
+    # a cell continued to the cap it now has is done
+    comparison.run_comparison(config_dict=settings, methods=["Student", "DERRD"], seeds=[0], out_dir=out,
+                              continue_capped=4)
+    assert "continuing" not in capsys.readouterr().out
+
+
 def test_interrupted_cell_restarts_from_its_last_checkpoint(tiny, tmp_path):
     out = str(tmp_path / "cmp")
     settings = dict(tiny, epochs=3)

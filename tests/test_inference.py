@@ -4,11 +4,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_model, init_seed
-
 from recbole_derrd.serving.inference import recommend, top_k_items
+from conftest import untrained_model
 
 
 def plain_top_k(users, items, k, exclude):
@@ -44,10 +41,8 @@ def test_top_k_rejects_k_larger_than_catalogue():
 
 @pytest.mark.parametrize("model_name", ["BPR", "NeuMF", "LightGCN", "DERRD"])
 def test_recommend_matches_full_sort_predict(tiny, model_name):
-    config = Config(model=model_name, config_dict=tiny)
-    init_seed(config["seed"], config["reproducibility"])
-    train, _, _ = data_preparation(config, create_dataset(config))
-    model = get_model(model_name)(config, train._dataset).eval()
+    model, train = untrained_model(model_name, tiny)
+    model.eval()
     exclude = train._dataset.inter_matrix(form="csr")
     users = torch.arange(1, 20)
     scores, items = recommend(model, users, k=10, exclude=exclude, user_block=7)

@@ -10,13 +10,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_model, init_seed
-
 from recbole_derrd.serving.inference import recommend
 from recbole_derrd.serving.requests import KERNELS, Recommender, block_width, two_stage_top_k
 from recbole_derrd.serving.vectors import export_vectors, load_vectors
+from conftest import untrained_model
 
 
 def tables(n_users=40, n_items=3000, d=6, density=0.01, seed=0):
@@ -79,6 +76,14 @@ def test_request_matches_exact_top_k(kernel, n_items, k):
         assert chosen.tolist() == expected.tolist()
         np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
         assert 0 not in chosen and not set(chosen.tolist()) & set(exclude[user].indices.tolist())
+
+
+def test_raw_scores_and_item_table_views():
+    users, items, exclude = tables()
+    for kernel in KERNELS:
+        recommender = Recommender(users, items, exclude, kernel=kernel)
+        np.testing.assert_allclose(recommender.scores(3), items @ users[3], rtol=1e-5, atol=1e-5)
+        assert np.array_equal(recommender.item_vectors, items)
 
 
 def test_kernel_is_measured_and_recorded():
@@ -147,10 +152,8 @@ def test_item_zero_excluded_by_the_user_is_counted_once():
 
 @pytest.mark.parametrize("model_name", ["BPR", "LightGCN", "DERRD"])
 def test_from_model_matches_recommend(tiny, model_name):
-    config = Config(model=model_name, config_dict=tiny)
-    init_seed(config["seed"], config["reproducibility"])
-    train, _, _ = data_preparation(config, create_dataset(config))
-    model = get_model(model_name)(config, train._dataset).eval()
+    model, train = untrained_model(model_name, tiny)
+    model.eval()
     exclude = train._dataset.inter_matrix(form="csr")
     recommender = Recommender.from_model(model, exclude, k=10)
     _, expected = recommend(model, torch.arange(1, 20), k=10, exclude=exclude)
@@ -159,10 +162,7 @@ def test_from_model_matches_recommend(tiny, model_name):
 
 
 def test_neumf_is_refused_as_vectors(tiny):
-    config = Config(model="NeuMF", config_dict=tiny)
-    init_seed(config["seed"], config["reproducibility"])
-    train, _, _ = data_preparation(config, create_dataset(config))
-    model = get_model("NeuMF")(config, train._dataset)
+    model, _ = untrained_model("NeuMF", tiny)
     with pytest.raises(ValueError, match="NeuMF does not score by a dot product"):
         Recommender.from_model(model)
 
@@ -182,10 +182,8 @@ print(json.dumps(data["item_tokens"][best].tolist()))
 
 
 def test_exported_vectors_serve_with_numpy_alone(tiny, workdir):
-    config = Config(model="BPR", config_dict=tiny)
-    init_seed(config["seed"], config["reproducibility"])
-    train, _, _ = data_preparation(config, create_dataset(config))
-    model = get_model("BPR")(config, train._dataset).eval()
+    model, train = untrained_model("BPR", tiny)
+    model.eval()
     path = export_vectors(model, train._dataset, str(workdir / "exported" / "BPR.vectors.npz"))
     recommender = Recommender.load(path, k=10)
     dataset = train._dataset

@@ -122,16 +122,38 @@ def test_tuned_run_chooses_the_best_candidate_and_a_rerun_trains_nothing(tiny, w
 
 
 def test_use_teacher_rebinds_the_terms(tiny):
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import get_model, init_seed
+    from recbole.utils import get_model
 
-    config = Config(model="DERRD", config_dict=tiny)
-    init_seed(config["seed"], config["reproducibility"])
-    train, _, _ = data_preparation(config, create_dataset(config))
-    model = get_model("DERRD")(config, train._dataset)
+    from conftest import untrained_model
+
+    model, train = untrained_model("DERRD", tiny)
     other = get_model("BPR")(model.teacher_config, train._dataset)
     model.use_teacher(other, model.teacher_config)
     assert model.teacher is other and model.context.teacher.model is other
     assert model.term("DE").teacher.model is other and not other.training
     users = torch.tensor([1, 2])
     assert torch.equal(model.term("DE").teacher.user_repr(users), other.user_embedding(users))
+
+
+def test_hyper_tuning_trials_share_the_teacher_search(tiny, workdir):
+    """Each HyperTuning trial runs the search; only the first trains its candidates."""
+    pytest.importorskip("hyperopt", reason="HyperTuning needs the optional hyperopt package")
+    import yaml
+    from recbole.quick_start import objective_function
+    from recbole.trainer import HyperTuning
+
+    grid = workdir / "grid.yaml"
+    grid.write_text("learning_rate: [0.05]\n")
+    fixed = workdir / "fixed.yaml"
+    fixed.write_text(yaml.safe_dump(dict(tiny, model="RRD", epochs=1, tune_teacher=2, teacher_grid_file=str(grid))))
+    params = workdir / "params.hyper"
+    params.write_text("rrd_weight choice [0.01,0.1]\n")
+    tuner = HyperTuning(objective_function, algo="exhaustive", early_stop=10, max_evals=2,
+                        params_file=str(params), fixed_config_file_list=[str(fixed)])
+    tuner.run()
+    assert len(tuner.params2result) == 2
+    cache = os.path.join(tiny["checkpoint_dir"], "teachers")
+    assert len(glob.glob(os.path.join(cache, "*.pth"))) == 2  # one entry per candidate
+    # the table is rewritten by every trial's search: the second trial read both from the cache
+    (table,) = glob.glob(os.path.join(cache, "*.search.json"))
+    assert [c["source"] for c in json.load(open(table))["candidates"]] == ["cache", "cache"]

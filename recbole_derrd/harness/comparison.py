@@ -77,8 +77,11 @@ def _settings(config_dict, seed, out_dir, folder):
                 teacher_cache_dir=os.path.join(out_dir, "teachers"))
 
 
-def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir):
-    """Train and test one (method, seed) cell; returns its result dict (JSON-ready)."""
+def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir, extend_to=None):
+    """Train and test one (method, seed) cell; returns its result dict (JSON-ready).
+
+    ``extend_to``: continue the cell's run from its last checkpoint up to this epoch cap (the
+    teacher keeps its own epochs, so its cache entry is the same)."""
     from recbole.config import Config
 
     from recbole_derrd.config import plugin_owned_keys, student_config
@@ -102,6 +105,13 @@ def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir):
         config = Config(model=method, dataset=dataset, config_file_list=config_file_list,
                         config_dict=dict(shared, **settings))
     config.final_config_dict["resume"] = last
+    if extend_to:
+        if last is None:
+            raise ValueError("cannot continue %s, seed %d: no -last checkpoint in %s"
+                             % (method, seed, settings["checkpoint_dir"]))
+        if "t_epochs" in config and config["t_epochs"] is None:
+            config.final_config_dict["t_epochs"] = config["epochs"]
+        config.final_config_dict["epochs"] = extend_to
     data, train_data, valid_data, test_data = load_data(config)
     start = time.perf_counter()
     result, model, per_user = train_and_test(config, data, train_data, valid_data, test_data, saved=True)
@@ -219,6 +229,7 @@ def summarise(cells, methods, seeds):
             "train_seconds": _mean_or_none([r["train_and_test_seconds"] for r in runs]),
             # a resumed cell's clock started at its resume: its time undercounts the training
             "resumed": any(r.get("resumed_from") for r in runs),
+            "continued": any(r.get("continued_from") for r in runs),
             "epochs": [_epochs_text(r) for r in runs],
             "inference_seconds_256_users": float(np.median(inference)) if inference else None,
         })
@@ -292,7 +303,7 @@ def markdown(summary, title):
             best = row["method"] != TEACHER and row["mean"][m] == summary["best"][m]
             cells.append("**%s**" % text if best else text)
         seconds = "-" if row["train_seconds"] is None else "%.0f" % row["train_seconds"]
-        seconds += "*" if row["resumed"] else ""
+        seconds += ("*" if row["resumed"] else "") + ("+" if row.get("continued") else "")
         rows.append([row["method"], format(row["parameters"], ",")] + cells
                     + [_gap_text(row["gap_valid"]), _gap_text(row["gap_test"]), seconds, ", ".join(row["epochs"])])
     tests = [[t["method"], t["reference"], t["metric"], "%+.4f" % t["mean_diff"], "%.3g" % t["p_value"],
@@ -309,7 +320,10 @@ def markdown(summary, title):
              + (" *: resumed from a checkpoint (in at least one seed); the time counts the last process "
                 "only (`resumed_from` in the JSON)." if any(r["resumed"] for r in summary["rows"]) else "")
              + (" cap: the epoch cap, not early stopping, ended a run still improving on validation."
-                if any(" cap" in e for r in summary["rows"] for e in r["epochs"]) else ""),
+                if any(" cap" in e for r in summary["rows"] for e in r["epochs"]) else "")
+             + (" +: continued with a larger cap (`--continue_capped`) in at least one seed; the time sums "
+                "both processes (`continued_from` in the JSON)." if any(r.get("continued") for r in summary["rows"])
+                else ""),
              "",
              markdown_table(["method", "vs", "metric", "mean per-user difference", "Wilcoxon p", "users"], tests)]
     return "\n".join(lines) + "\n"
@@ -372,8 +386,12 @@ def plot(summary, path, metric="ndcg@10"):
 
 
 def run_comparison(dataset=None, config_file_list=None, config_dict=None, methods=DEFAULT_METHODS,
-                   baselines=(), seeds=(0,), out_dir="comparison", stream=None):
-    """Run every (method, seed) cell not finished yet, then write the tables and the plot."""
+                   baselines=(), seeds=(0,), out_dir="comparison", stream=None, continue_capped=None):
+    """Run every (method, seed) cell not finished yet, then write the tables and the plot.
+
+    Finished cells are never recomputed, except with ``continue_capped=N``: a finished cell
+    whose epoch cap ended it while it was still improving on validation continues from its last
+    checkpoint up to epoch cap N (its train time then sums both processes)."""
     stream = stream or sys.stdout
     methods = tuple(methods) + tuple(b for b in baselines if b not in methods)
     from recbole_derrd.registration import PLUGIN_MODELS
@@ -387,8 +405,18 @@ def run_comparison(dataset=None, config_file_list=None, config_dict=None, method
             teacher_seconds[seed] = prepare_seed_teacher(seed, dataset, config_file_list, config_dict, out_dir)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as handle:
-                cells[(method, seed)] = json.load(handle)
-            stream.write("[%d/%d] %s, seed %d: done before, skipped\n" % (number, len(todo), method, seed))
+                cell = json.load(handle)
+            if continue_capped and _can_continue(cell, continue_capped):
+                stream.write("[%d/%d] %s, seed %d: ended at its cap while improving; continuing from epoch "
+                             "%d to the cap %d\n" % (number, len(todo), method, seed, cell["last_epoch"] + 1,
+                                                    continue_capped))
+                stream.flush()
+                cell = _continued(cell, run_cell(method, seed, dataset, config_file_list, config_dict, out_dir,
+                                                 extend_to=continue_capped))
+                _write_json_atomically(cell, path)
+            else:
+                stream.write("[%d/%d] %s, seed %d: done before, skipped\n" % (number, len(todo), method, seed))
+            cells[(method, seed)] = cell
             continue
         stream.write("[%d/%d] %s, seed %d: %s\n" % (
             number, len(todo), method, seed,
@@ -410,6 +438,22 @@ def run_comparison(dataset=None, config_file_list=None, config_dict=None, method
     stream.write(markdown(summary, title))
     stream.write("written: %s\n" % ", ".join(p for p in paths.values() if p))
     return {"summary": summary, "paths": paths, "cells": cells}
+
+
+def _can_continue(cell, cap):
+    """A trained cell the epoch cap ended while still improving, below the new cap."""
+    return (cell.get("method") != TEACHER and cell.get("cap_bound") and cell.get("last_epoch") is not None
+            and cell["last_epoch"] + 1 < cap)
+
+
+def _continued(previous, result):
+    """The continued cell: its new results, the time of both processes, where it came from."""
+    result["train_and_test_seconds"] = (previous.get("train_and_test_seconds") or 0.0) + result["train_and_test_seconds"]
+    result["continued_from"] = {"last_epoch": previous.get("last_epoch"), "best_epoch": previous.get("best_epoch"),
+                                "ndcg@10": previous["test_result"].get("ndcg@10"),
+                                "train_and_test_seconds": previous.get("train_and_test_seconds")}
+    result["resumed_from"] = previous.get("resumed_from")  # the sum counts every process
+    return result
 
 
 def _write_json_atomically(result, path):

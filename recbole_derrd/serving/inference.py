@@ -6,6 +6,8 @@ a block of items at a time (in the matrix layout that is fastest for a narrow em
 keeps a running top-k per user, so memory stays ``user_block x item_block`` whatever the
 catalogue size.  :func:`recommend` applies it to any supported RecBole backbone (and to the
 plugin's models, which predict with their student), masking padding and training items.
+One request at a time (a server) goes through :class:`recbole_derrd.serving.requests.Recommender`,
+which prepares everything that does not depend on the request once.
 """
 
 import numpy as np

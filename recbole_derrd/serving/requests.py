@@ -168,6 +168,11 @@ class Recommender:
         return cls(vectors["user_vectors"], vectors["item_vectors"], exclude,
                    user_tokens=vectors["user_tokens"], item_tokens=vectors["item_tokens"], **kwargs)
 
+    @property
+    def item_vectors(self):
+        """The item table [n_items, d] (a view of the kernel's layout, not a copy)."""
+        return self.items.T if self._transposed else self.items
+
     # ------------------------------------------------------------------ serving
     def request(self, user, k=None):
         """The top ``k`` items of one internal user id: (scores float32 [k], items int64 [k]), best first."""
@@ -184,6 +189,13 @@ class Recommender:
             scores[0] = -np.inf
         scores[self.indices[self.indptr[user]:self.indptr[user + 1]]] = -np.inf
         return two_stage_top_k(scores, buffers[1], k, buffers[2])
+
+    def scores(self, user, out=None):
+        """One user's raw scores over the catalogue (float32 [n_items], nothing masked), computed
+        with the chosen kernel into ``out`` when given."""
+        out = np.empty(self.n_items, dtype=np.float32) if out is None else out
+        self._product(self.user_vectors[user], self.items, out)
+        return out
 
     def request_token(self, token, k=None):
         """Like :meth:`request` for an external user token; returns item tokens."""
@@ -202,7 +214,7 @@ class Recommender:
 
         k = self.k if k is None else self._check_k(k)
         users = np.asarray(users, dtype=np.int64)
-        items = torch.from_numpy(self.items.T if self._transposed else self.items)
+        items = torch.from_numpy(self.item_vectors)
         exclude = sp.csr_matrix((np.ones(len(self.indices), dtype=np.float32), self.indices, self.indptr),
                                 shape=(self.n_users, self.n_items))
         return top_k_items(torch.from_numpy(self.user_vectors[users]), items, k, exclude, users,

@@ -58,8 +58,7 @@ class ItemIndex:
     @classmethod
     def for_recommender(cls, recommender, **kwargs):
         """An index over a :class:`~recbole_derrd.serving.requests.Recommender`'s item table."""
-        items = recommender.items.T if recommender._transposed else recommender.items
-        return cls(items, **kwargs)
+        return cls(recommender.item_vectors, **kwargs)
 
 
 def search_request(index, recommender, user, k=None):
