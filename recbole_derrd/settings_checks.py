@@ -73,13 +73,9 @@ def warn_about_typos(config):
 
 def check_teacher_tuning(config):
     """``tune_teacher`` and its grid, read now rather than after the data is loaded."""
-    from recbole_derrd.teacher_tuning import grid_file, read_grid, tuning_budget
+    from recbole_derrd.teacher_tuning import checked_budget
 
-    if tuning_budget(config):
-        if config["teacher_checkpoint"]:
-            raise ValueError("tune_teacher=%r needs a teacher the plugin trains, but teacher_checkpoint=%s "
-                             "is given: set one of them" % (config["tune_teacher"], config["teacher_checkpoint"]))
-        read_grid(grid_file(config), config["teacher_model"])
+    checked_budget(config)
 
 
 def check_run_settings(config):

@@ -280,16 +280,13 @@ def prepare_teacher(model, train_data, valid_data, show_progress=False):
     With ``tune_teacher`` the teacher is the best of a search on validation
     (:mod:`recbole_derrd.teacher_tuning`).
     """
-    from recbole_derrd.teacher_tuning import tuning_budget, tune_teacher
+    from recbole_derrd.teacher_tuning import checked_budget, tune_teacher
 
     config, tconfig, teacher = model.config, model.teacher_config, model.teacher
     logger = getLogger()
     fingerprint = data_fingerprint(train_data._dataset, valid_data._dataset if valid_data else None)
     given = config["teacher_checkpoint"]
-    budget = tuning_budget(config)
-    if given and budget:
-        raise ValueError("tune_teacher=%r needs a teacher the plugin trains, but teacher_checkpoint=%s "
-                         "is given: set one of them" % (config["tune_teacher"], given))
+    budget = checked_budget(config)
     if given:
         checkpoint = load_checkpoint(given, map_location=config["device"])
         verify_checkpoint(checkpoint, given, tconfig, fingerprint)

@@ -53,6 +53,18 @@ def tuning_budget(config):
     return value
 
 
+def checked_budget(config):
+    """``tuning_budget``, with the grid read and checked and a conflict with a given
+    ``teacher_checkpoint`` refused (called when the Config is built and again before tuning)."""
+    budget = tuning_budget(config)
+    if budget:
+        if config["teacher_checkpoint"]:
+            raise ValueError("tune_teacher=%r needs a teacher the plugin trains, but teacher_checkpoint=%s "
+                             "is given: set one of them" % (config["tune_teacher"], config["teacher_checkpoint"]))
+        read_grid(grid_file(config), config["teacher_model"])
+    return budget
+
+
 def grid_file(config):
     """The grid of ``teacher_grid_file``, else the shipped one of the teacher's backbone."""
     given = config["teacher_grid_file"] if "teacher_grid_file" in config else None
