@@ -303,7 +303,7 @@ def markdown(summary, title):
             best = row["method"] != TEACHER and row["mean"][m] == summary["best"][m]
             cells.append("**%s**" % text if best else text)
         seconds = "-" if row["train_seconds"] is None else "%.0f" % row["train_seconds"]
-        seconds += ("*" if row["resumed"] else "") + ("+" if row.get("continued") else "")
+        seconds += ("*" if row["resumed"] else "") + ("+" if row["continued"] else "")
         rows.append([row["method"], format(row["parameters"], ",")] + cells
                     + [_gap_text(row["gap_valid"]), _gap_text(row["gap_test"]), seconds, ", ".join(row["epochs"])])
     tests = [[t["method"], t["reference"], t["metric"], "%+.4f" % t["mean_diff"], "%.3g" % t["p_value"],
@@ -322,7 +322,7 @@ def markdown(summary, title):
              + (" cap: the epoch cap, not early stopping, ended a run still improving on validation."
                 if any(" cap" in e for r in summary["rows"] for e in r["epochs"]) else "")
              + (" +: continued with a larger cap (`--continue_capped`) in at least one seed; the time sums "
-                "both processes (`continued_from` in the JSON)." if any(r.get("continued") for r in summary["rows"])
+                "both processes (`continued_from` in the JSON)." if any(r["continued"] for r in summary["rows"])
                 else ""),
              "",
              markdown_table(["method", "vs", "metric", "mean per-user difference", "Wilcoxon p", "users"], tests)]
