@@ -44,6 +44,23 @@ def untrained_model(model_name, config_dict):
     return get_model(model_name)(config, train._dataset), train
 
 
+def exhaustive_hyper_tuning(folder, fixed_settings, params_text, max_evals=2):
+    """A RecBole HyperTuning run (exhaustive, in process) over ``params_text`` with
+    ``fixed_settings`` as its fixed config file; returns the finished tuner."""
+    import yaml
+    from recbole.quick_start import objective_function
+    from recbole.trainer import HyperTuning
+
+    fixed = folder / "fixed.yaml"
+    fixed.write_text(yaml.safe_dump(fixed_settings))
+    params = folder / "params.hyper"
+    params.write_text(params_text)
+    tuner = HyperTuning(objective_function, algo="exhaustive", early_stop=10, max_evals=max_evals,
+                        params_file=str(params), fixed_config_file_list=[str(fixed)])
+    tuner.run()
+    return tuner
+
+
 def write_benchmark_split(folder, edit=None, name="tiny"):
     """Replace ``<folder>/<name>/<name>.inter`` by RecBole benchmark files (train / valid /
     test: per user, the last interaction is test and the one before it valid); ``edit(parts)``

@@ -239,16 +239,9 @@ def test_run_script_mirrors_recbole_flags(tiny, workdir):
 
 def test_hyper_tuning_uses_plugin_models(tiny, workdir):
     pytest.importorskip("hyperopt", reason="HyperTuning needs the optional hyperopt package")
-    from recbole.quick_start import objective_function
-    from recbole.trainer import HyperTuning
+    from conftest import exhaustive_hyper_tuning
 
-    fixed = workdir / "fixed.yaml"
-    fixed.write_text(yaml.safe_dump(dict(tiny, model="DERRD", epochs=1)))
-    params = workdir / "params.hyper"
-    params.write_text("de_weight choice [0.01,0.1]\n")
-    tuner = HyperTuning(objective_function, algo="exhaustive", early_stop=10, max_evals=2,
-                        params_file=str(params), fixed_config_file_list=[str(fixed)])
-    tuner.run()
+    tuner = exhaustive_hyper_tuning(workdir, dict(tiny, model="DERRD", epochs=1), "de_weight choice [0.01,0.1]\n")
     assert len(tuner.params2result) == 2
     assert tuner.best_params["de_weight"] in (0.01, 0.1)
 

@@ -138,19 +138,12 @@ def test_use_teacher_rebinds_the_terms(tiny):
 def test_hyper_tuning_trials_share_the_teacher_search(tiny, workdir):
     """Each HyperTuning trial runs the search; only the first trains its candidates."""
     pytest.importorskip("hyperopt", reason="HyperTuning needs the optional hyperopt package")
-    import yaml
-    from recbole.quick_start import objective_function
-    from recbole.trainer import HyperTuning
+    from conftest import exhaustive_hyper_tuning
 
     grid = workdir / "grid.yaml"
     grid.write_text("learning_rate: [0.05]\n")
-    fixed = workdir / "fixed.yaml"
-    fixed.write_text(yaml.safe_dump(dict(tiny, model="RRD", epochs=1, tune_teacher=2, teacher_grid_file=str(grid))))
-    params = workdir / "params.hyper"
-    params.write_text("rrd_weight choice [0.01,0.1]\n")
-    tuner = HyperTuning(objective_function, algo="exhaustive", early_stop=10, max_evals=2,
-                        params_file=str(params), fixed_config_file_list=[str(fixed)])
-    tuner.run()
+    tuner = exhaustive_hyper_tuning(workdir, dict(tiny, model="RRD", epochs=1, tune_teacher=2,
+                                                  teacher_grid_file=str(grid)), "rrd_weight choice [0.01,0.1]\n")
     assert len(tuner.params2result) == 2
     cache = os.path.join(tiny["checkpoint_dir"], "teachers")
     assert len(glob.glob(os.path.join(cache, "*.pth"))) == 2  # one entry per candidate
