@@ -46,7 +46,8 @@ def block_width(n_items, k):
         width //= 2
     return width
 
-#: product kernels: name -> (layout of the item table, function(user vector, items, out)).
+
+#: the product kernels timed when a Recommender is built (see _KERNEL_FUNCTIONS).
 KERNELS = ("numpy-dot-items-t", "numpy-dot-items", "torch-mv")
 
 
@@ -62,6 +63,7 @@ def _torch_mv(user, items, out):
     torch.mv(torch.from_numpy(items), torch.from_numpy(user), out=torch.from_numpy(out))
 
 
+#: kernel name -> (item table transposed?, function(user vector, item table, out)).
 _KERNEL_FUNCTIONS = {"numpy-dot-items-t": (True, _dot_items_t), "numpy-dot-items": (False, _dot_items),
                      "torch-mv": (False, _torch_mv)}
 
