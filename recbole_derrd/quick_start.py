@@ -16,12 +16,12 @@ from logging import getLogger
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.data.transform import construct_transform
-from recbole.utils import get_flops, get_model, get_trainer, init_logger, init_seed, set_color
+from recbole.utils import get_flops, get_model, init_logger, init_seed, set_color
 
 import recbole_derrd  # noqa: F401  (registration)
 from recbole_derrd.checkpoints import load_checkpoint
 from recbole_derrd.evaluation import comparable_test
-from recbole_derrd.trainer import safe_trainer_class
+from recbole_derrd.trainer import safe_trainer
 
 
 def prepare(model, dataset, config_file_list, config_dict):
@@ -58,7 +58,7 @@ def train_and_test(config, data, train_data, valid_data, test_data, saved=True):
     logger.info(model)
     flops = get_flops(model, data, config["device"], logger, construct_transform(config))
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
-    trainer = safe_trainer_class(get_trainer(config["MODEL_TYPE"], config["model"]))(config, model)
+    trainer = safe_trainer(config, model)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"])
     test_result, per_user = comparable_test(trainer, test_data, load_best_model=saved,

@@ -32,12 +32,12 @@ import filelock
 import numpy as np
 
 from recbole.data.utils import get_dataloader
-from recbole.utils import get_trainer, init_seed
+from recbole.utils import init_seed
 
 from recbole_derrd.checkpoints import CheckpointError, atomic_save, load_checkpoint
 from recbole_derrd.distributed import barrier, is_main_process
 from recbole_derrd.config import stock_model_yaml
-from recbole_derrd.trainer import last_checkpoint_path, safe_trainer_class
+from recbole_derrd.trainer import last_checkpoint_path, safe_trainer
 
 CACHE_FORMAT = 1
 TRAINING_KEYS = (
@@ -196,7 +196,7 @@ def train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress=
     loader = get_dataloader(tconfig, "train")(
         tconfig, train_data._dataset, train_data._sampler, shuffle=tconfig["shuffle"])
     teacher.requires_grad_(True).train()
-    trainer = safe_trainer_class(get_trainer(tconfig["MODEL_TYPE"], tconfig["model"]))(tconfig, teacher)
+    trainer = safe_trainer(tconfig, teacher)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     trainer.saved_model_file = path + ".training"
     last = last_checkpoint_path(trainer.saved_model_file)

@@ -21,7 +21,7 @@ import random
 import numpy as np
 import torch
 from recbole.trainer import Trainer
-from recbole.utils import set_color
+from recbole.utils import get_trainer, set_color
 
 from recbole_derrd.checkpoints import CheckpointError, atomic_save, load_checkpoint
 from recbole_derrd.distributed import broadcast_numpy_state, is_main_process
@@ -293,6 +293,11 @@ def load_model_state(model, checkpoint, source):
 
 
 _SAFE_CLASSES = {}
+
+
+def safe_trainer(config, model):
+    """RecBole's trainer for ``config``'s model type and model, with safe checkpoints."""
+    return safe_trainer_class(get_trainer(config["MODEL_TYPE"], config["model"]))(config, model)
 
 
 def safe_trainer_class(trainer_class):

@@ -9,8 +9,6 @@ per seed and adds mean +- std and a pooled test.
 import sys
 from logging import getLogger
 
-from recbole.utils import get_trainer
-
 from recbole_derrd.config import plugin_owned_keys, student_config
 from recbole_derrd.evaluation import (PAIRED_METRICS, comparable_test, over_seeds, paired_test,
                                       per_user_over_seeds)
@@ -18,13 +16,11 @@ from recbole_derrd.harness.tables import markdown_table
 from recbole_derrd.quick_start import prepare, train_and_test
 from recbole_derrd.registration import PLUGIN_MODELS
 from recbole_derrd.teacher import interactions_digest
-from recbole_derrd.trainer import safe_trainer_class
+from recbole_derrd.trainer import safe_trainer
 
 
 def teacher_row(distilled, config, test_data):
-    trainer = safe_trainer_class(get_trainer(distilled.teacher_config["MODEL_TYPE"],
-                                             distilled.teacher_config["model"]))(
-        distilled.teacher_config, distilled.teacher)
+    trainer = safe_trainer(distilled.teacher_config, distilled.teacher)
     result, per_user = comparable_test(trainer, test_data, load_best_model=False)
     return {"model": "Teacher (%s)" % backbone_label(distilled.teacher_adapter),
             "test_result": result,
@@ -36,13 +32,9 @@ def teacher_gap_on_validation(distilled, student, student_config, valid_data):
 
     A teacher that is not clearly better than its student has little to transfer; the test
     uses validation only, so it can guide tuning the teacher without looking at test."""
-    teacher_trainer = safe_trainer_class(get_trainer(distilled.teacher_config["MODEL_TYPE"],
-                                                     distilled.teacher_config["model"]))(
-        distilled.teacher_config, distilled.teacher)
-    _, teacher_users = comparable_test(teacher_trainer, valid_data, load_best_model=False)
-    student_trainer = safe_trainer_class(get_trainer(student_config["MODEL_TYPE"],
-                                                     student_config["model"]))(student_config, student)
-    _, student_users = comparable_test(student_trainer, valid_data, load_best_model=False)
+    _, teacher_users = comparable_test(safe_trainer(distilled.teacher_config, distilled.teacher), valid_data,
+                                       load_best_model=False)
+    _, student_users = comparable_test(safe_trainer(student_config, student), valid_data, load_best_model=False)
     return [paired_test(student_users, teacher_users, m) for m in PAIRED_METRICS if m in student_users]
 
 
