@@ -73,9 +73,9 @@ def warn_about_typos(config):
 
 def check_teacher_tuning(config):
     """``tune_teacher`` and its grid, read now rather than after the data is loaded."""
-    from recbole_derrd.teacher_tuning import checked_budget
+    from recbole_derrd.teacher_tuning import tuning_plan
 
-    checked_budget(config)
+    tuning_plan(config)
 
 
 def check_run_settings(config):

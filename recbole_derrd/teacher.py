@@ -280,20 +280,20 @@ def prepare_teacher(model, train_data, valid_data, show_progress=False):
     With ``tune_teacher`` the teacher is the best of a search on validation
     (:mod:`recbole_derrd.teacher_tuning`).
     """
-    from recbole_derrd.teacher_tuning import checked_budget, tune_teacher
+    from recbole_derrd.teacher_tuning import tune_teacher, tuning_plan
 
     config, tconfig, teacher = model.config, model.teacher_config, model.teacher
     logger = getLogger()
     fingerprint = data_fingerprint(train_data._dataset, valid_data._dataset if valid_data else None)
     given = config["teacher_checkpoint"]
-    budget = checked_budget(config)
+    plan = tuning_plan(config)
     if given:
         checkpoint = load_checkpoint(given, map_location=config["device"])
         verify_checkpoint(checkpoint, given, tconfig, fingerprint)
         _load_weights(teacher, checkpoint["state_dict"], given)
         logger.info("Teacher loaded from teacher_checkpoint %s" % given)
-    elif budget:
-        checkpoint = tune_teacher(model, train_data, valid_data, fingerprint, budget, show_progress)
+    elif plan:
+        checkpoint = tune_teacher(model, train_data, valid_data, fingerprint, plan, show_progress)
         tconfig, teacher = model.teacher_config, model.teacher
     else:
         checkpoint = cached_or_trained_teacher(teacher, config, tconfig, fingerprint, train_data, valid_data,

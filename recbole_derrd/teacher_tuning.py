@@ -53,16 +53,25 @@ def tuning_budget(config):
     return value
 
 
-def checked_budget(config):
-    """``tuning_budget``, with the grid read and checked and a conflict with a given
-    ``teacher_checkpoint`` refused (called when the Config is built and again before tuning)."""
+class TuningPlan:
+    """What ``tune_teacher`` asks for: the budget, and the grid with the file it came from."""
+
+    def __init__(self, budget, grid_path, grid):
+        self.budget, self.grid_path, self.grid = budget, grid_path, grid
+
+
+def tuning_plan(config):
+    """The checked :class:`TuningPlan` of ``config``, None without a search: the grid is read
+    and checked and a conflict with a given ``teacher_checkpoint`` refused (called when the
+    Config is built and again before tuning)."""
     budget = tuning_budget(config)
-    if budget:
-        if config["teacher_checkpoint"]:
-            raise ValueError("tune_teacher=%r needs a teacher the plugin trains, but teacher_checkpoint=%s "
-                             "is given: set one of them" % (config["tune_teacher"], config["teacher_checkpoint"]))
-        read_grid(grid_file(config), config["teacher_model"])
-    return budget
+    if not budget:
+        return None
+    if config["teacher_checkpoint"]:
+        raise ValueError("tune_teacher=%r needs a teacher the plugin trains, but teacher_checkpoint=%s "
+                         "is given: set one of them" % (config["tune_teacher"], config["teacher_checkpoint"]))
+    path = grid_file(config)
+    return TuningPlan(budget, path, read_grid(path, config["teacher_model"]))
 
 
 def grid_file(config):
@@ -124,16 +133,15 @@ def _label(overrides, base=None):
     return ", ".join(parts) or "as configured"
 
 
-def tune_teacher(model, train_data, valid_data, fingerprint, budget, show_progress=False):
-    """Run the search (module docstring), install the best teacher in ``model``; return its
-    best checkpoint (with ``derrd_search``: the table's path)."""
+def tune_teacher(model, train_data, valid_data, fingerprint, plan, show_progress=False):
+    """Run the search of ``plan`` (a :class:`TuningPlan`; module docstring), install the best
+    teacher in ``model``; return its best checkpoint (with ``derrd_search``: the table's path)."""
     from recbole_derrd.teacher import cache_description, cache_key, cache_path, cached_or_trained_teacher
 
     logger = getLogger()
     config = model.config
     name = model.teacher_config["model"]
-    path = grid_file(config)
-    grid = read_grid(path, name)
+    budget, path, grid = plan.budget, plan.grid_path, plan.grid
     bigger = model.teacher_config["valid_metric_bigger"]
     base_settings = dict(model.teacher_config.final_config_dict)
     rows = []
@@ -145,25 +153,24 @@ def tune_teacher(model, train_data, valid_data, fingerprint, budget, show_progre
             teacher = get_model(name)(tconfig, train_data._dataset).to(config["device"])
         checkpoint, entry, source = cached_or_trained_teacher(teacher, config, tconfig, fingerprint,
                                                              train_data, valid_data, show_progress)
-        score = checkpoint.get("best_valid_score")
-        rows.append({"candidate": len(rows) + 1, "settings": _label(overrides, base_settings), "overrides": overrides,
+        score, label = checkpoint.get("best_valid_score"), _label(overrides, base_settings)
+        rows.append({"candidate": len(rows) + 1, "settings": label, "overrides": overrides,
                      "valid_score": score, "epoch": checkpoint.get("epoch"), "source": source,
                      "train_seconds": checkpoint.get("derrd_train_seconds"), "cache_file": entry})
         logger.info("Teacher candidate %d of at most %d (%s): validation %s %s (%s)" % (
-            len(rows), budget, _label(overrides, base_settings), tconfig["valid_metric"], score, source))
+            len(rows), budget, label, tconfig["valid_metric"], score, source))
         return score, teacher, tconfig, checkpoint
 
     trials = axis_search(grid, budget, evaluate, bigger)
     _, teacher, tconfig, checkpoint = trials.best_result
-    overrides = trials.best_overrides
-    chosen = next(r["candidate"] for r in rows if r["overrides"] == overrides)
+    chosen = next(r for r in rows if r["overrides"] == trials.best_overrides)
     base = cache_description(model.teacher_config, fingerprint)
     search_key = hashlib.sha256(json.dumps([cache_key(base), grid, budget], sort_keys=True, default=str)
                                 .encode("utf-8")).hexdigest()
     stem = os.path.splitext(cache_path(config, model.teacher_config, search_key))[0] + ".search"
-    _write_table(stem, rows, chosen, name, model.teacher_config, path, budget)
+    _write_table(stem, rows, chosen["candidate"], name, model.teacher_config, path, budget)
     logger.info("Teacher tuned on validation: candidate %d of %d chosen (%s), table %s.md"
-                % (chosen, len(rows), _label(overrides, base_settings), stem))
+                % (chosen["candidate"], len(rows), chosen["settings"], stem))
     model.use_teacher(teacher, tconfig)
     checkpoint["derrd_search"] = stem + ".md"
     return checkpoint
@@ -221,6 +228,5 @@ def _write_table(stem, rows, chosen, name, tconfig, grid_path, budget):
         "cached one keeps its original time); this run: trained now or read from the cache." % (metric, budget, grid_path), "",
         markdown_table(header, body), ""])
     atomic_write_text(stem + ".md", text)
-    plain = [{k: v for k, v in r.items()} for r in rows]
     atomic_write_text(stem + ".json", json.dumps({"chosen": chosen, "budget": budget, "grid_file": grid_path,
-                                                  "candidates": plain}, indent=2, sort_keys=True, default=str))
+                                                  "candidates": rows}, indent=2, sort_keys=True, default=str))
