@@ -69,9 +69,9 @@ def measure_requests(recommender, users_t, items_t, request_users, k):
     floor = time_each(lambda user: torch.topk(torch.mv(items_t, users_t[user]), k), request_users)
     out = np.empty(recommender.n_items, dtype=np.float32)
     product = time_each(lambda user: recommender.scores(user, out), request_users)
-    return {"p50": percentiles(path)[0], "p99": percentiles(path)[1], "floor_p50": percentiles(floor)[0],
-            "floor_p99": percentiles(floor)[1], "product_p50": percentiles(product)[0],
-            "kernel": recommender.kernel}
+    (p50, p99), (floor_p50, floor_p99) = percentiles(path), percentiles(floor)
+    return {"p50": p50, "p99": p99, "floor_p50": floor_p50, "floor_p99": floor_p99,
+            "product_p50": percentiles(product)[0], "kernel": recommender.kernel}
 
 
 def measure_batch(recommender, users_t, items_t, k):
