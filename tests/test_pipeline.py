@@ -246,8 +246,11 @@ def test_hyper_tuning_uses_plugin_models(tiny, workdir):
     assert tuner.best_params["de_weight"] in (0.01, 0.1)
 
 
-def test_shipped_tuning_files_run_with_hyper_tuning(tiny, workdir):
+def test_shipped_tuning_files_run_with_hyper_tuning(tiny, workdir, monkeypatch):
     pytest.importorskip("hyperopt", reason="HyperTuning needs the optional hyperopt package")
+    # hyperopt's random search draws from an unseeded RandomState unless this is set: two
+    # draws from the 36-point DERRD file then coincide about once in 36 runs (seen in CI)
+    monkeypatch.setenv("HYPEROPT_FMIN_SEED", "1")
     from recbole.quick_start import objective_function
     from recbole.trainer import HyperTuning
 
