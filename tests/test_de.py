@@ -233,3 +233,33 @@ def test_sparse_backward_pass_gradcheck(layout):
     params = [p.detach().clone().requires_grad_() for p in (experts.w1, experts.b1, experts.w2, experts.b2)]
     inputs = (x.requires_grad_(), weights.requires_grad_(), *params)
     assert torch.autograd.gradcheck(lambda *a: _SparseMixture.apply(*a, tiles), inputs)
+
+
+@pytest.mark.parametrize("tau", [1.0, 1e-2])
+def test_reference_path_matches_the_fast_paths_in_value_and_gradients(tau):
+    """The straightforward computation (all M outputs per row, autograd) == dense / auto paths."""
+    results = []
+    for path in ("reference", "dense", "auto"):
+        torch.manual_seed(0)
+        experts = DistillationExperts(8, 24, num_experts=6, weight_threshold=0.0).double()
+        student = torch.randn(40, 8, dtype=torch.float64, requires_grad=True)
+        teacher = torch.randn(40, 24, dtype=torch.float64)
+        torch.manual_seed(1)  # same Gumbel noise
+        loss = experts.loss(student, teacher, tau, path=path)
+        loss.backward()
+        results.append((loss.detach(), [student.grad] + [p.grad for p in experts.parameters()]))
+    (reference, ref_grads), *others = results
+    for loss, grads in others:
+        torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_reference_path_keeps_the_weights_under_the_threshold():
+    experts = DistillationExperts(4, 6, num_experts=5, weight_threshold=0.5)
+    teacher = torch.randn(30, 6)
+    torch.manual_seed(2)
+    kept = experts.selection_weights(teacher, 1.0, threshold=False)
+    assert torch.count_nonzero(kept) == kept.numel()
+    torch.manual_seed(2)
+    assert torch.count_nonzero(experts.selection_weights(teacher, 1.0)) < kept.numel()

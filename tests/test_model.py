@@ -155,6 +155,102 @@ def test_de_uses_unique_users_and_items(tiny, monkeypatch):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def _noise_free(monkeypatch):
+    from recbole_derrd.distillation import experts as experts_module
+
+    plain = experts_module.gumbel_softmax
+    monkeypatch.setattr(experts_module, "gumbel_softmax",
+                        lambda alpha, tau: plain(alpha, tau, torch.zeros_like(alpha)))
+
+
+def _recorded_parts(term, monkeypatch):
+    """Wrap DE's per-side call to record (ids, row weight) of each side."""
+    calls, plain = [], term._part
+
+    def record(experts, student_repr, teacher_repr, ids, row_weight):
+        calls.append((ids.clone(), row_weight))
+        return plain(experts, student_repr, teacher_repr, ids, row_weight)
+
+    monkeypatch.setattr(term, "_part", record)
+    return calls
+
+
+def test_de_max_rows_samples_and_rescales(tiny, monkeypatch):
+    _noise_free(monkeypatch)
+    _, net, train, _, _ = build("DE", dict(tiny, de_max_rows=5))
+    term, batch = net.term("DE"), next(iter(train))
+    users = torch.unique(batch["user_id"])
+    item_rows = torch.cat([torch.unique(batch["item_id"]), torch.unique(batch["neg_item_id"])])
+    calls = _recorded_parts(term, monkeypatch)
+    loss = term.raw_loss(net.batch(batch))
+    (user_ids, user_w), (item_ids, item_w) = calls
+    assert len(user_ids) == 5 and len(set(user_ids.tolist())) == 5
+    assert set(user_ids.tolist()) <= set(users.tolist())
+    assert set(item_ids.tolist()) <= set(item_rows.tolist()) and len(item_ids) == 5
+    # each kept row stands for (distinct rows / kept rows) of the paper's rows (items: 0.5 each)
+    assert user_w == pytest.approx(len(users) / 5)
+    assert item_w == pytest.approx(0.5 * len(item_rows) / 5)
+    s, t = net.student, net.teacher
+    expected = (user_w * net.user_experts.loss(s.user_embedding(user_ids), t.user_embedding(user_ids), term.tau)
+                + item_w * net.item_experts.loss(s.item_embedding(item_ids), t.item_embedding(item_ids), term.tau))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_de_max_rows_is_unbiased_and_off_when_it_does_not_bind(tiny, monkeypatch):
+    _noise_free(monkeypatch)
+    _, paper, train, _, _ = build("DE", tiny)
+    batch = next(iter(train))
+    full = paper.term("DE").raw_loss(paper.batch(batch)).item()
+    _, roomy, _, _, _ = build("DE", dict(tiny, de_max_rows=100000))
+    assert roomy.term("DE").raw_loss(roomy.batch(batch)).item() == pytest.approx(full, rel=1e-6)
+    _, capped, _, _, _ = build("DE", dict(tiny, de_max_rows=8))
+    with torch.no_grad():
+        draws = torch.tensor([capped.term("DE").raw_loss(capped.batch(batch)).item() for _ in range(400)])
+    assert len(set(draws.tolist())) > 100  # rows really are redrawn per batch
+    standard_error = draws.std().item() / 20
+    assert abs(draws.mean().item() - full) < 4 * standard_error
+
+
+def test_de_rows_epoch_distils_every_entity_once_per_epoch(tiny, monkeypatch):
+    _noise_free(monkeypatch)
+    _, net, train, _, _ = build("DE", dict(tiny, de_rows="epoch"))
+    term = net.term("DE")
+    assert term.batches_per_epoch == len(train) == sum(1 for _ in train) > 1
+    calls = _recorded_parts(term, monkeypatch)
+    masses = []
+    for batch in train:
+        term.raw_loss(net.batch(batch))
+        distinct_items = len(torch.unique(batch["item_id"])) + len(torch.unique(batch["neg_item_id"]))
+        masses.append((len(torch.unique(batch["user_id"])), 0.5 * distinct_items))
+    users = [ids for ids, _ in calls[0::2]]
+    items = [ids for ids, _ in calls[1::2]]
+    assert sorted(torch.cat(users).tolist()) == list(range(1, net.n_users))
+    assert sorted(torch.cat(items).tolist()) == list(range(1, net.n_items))
+    for (u_ids, u_w), (i_ids, i_w), (u_mass, i_mass) in zip(calls[0::2], calls[1::2], masses):
+        assert u_w == pytest.approx(u_mass / len(u_ids)) and i_w == pytest.approx(i_mass / len(i_ids))
+    # the same (seed, epoch) draws the same order: a resumed epoch distils the same rows
+    calls.clear()
+    net.start_epoch(0)
+    term.raw_loss(net.batch(next(iter(train))))
+    assert torch.equal(calls[0][0], users[0])
+    net.start_epoch(1)
+    calls.clear()
+    term.raw_loss(net.batch(next(iter(train))))
+    assert not torch.equal(calls[0][0], users[0])
+
+
+def test_reference_implementation_gives_the_same_losses(tiny, monkeypatch):
+    """kd_implementation: reference (the official code's computation) == the fast paths."""
+    _noise_free(monkeypatch)
+    _, fast, train, _, _ = build("DERRD", tiny)
+    _, reference, _, _, _ = build("DERRD", dict(tiny, kd_implementation="reference"))
+    batch = next(iter(train))
+    for name in ("DE", "RRD"):
+        expected = fast.term(name).raw_loss(fast.batch(batch)).item()
+        assert reference.term(name).raw_loss(reference.batch(batch)).item() == pytest.approx(expected, rel=1e-5)
+    assert reference.term("RRD").loss_function is not fast.term("RRD").loss_function
+
+
 def test_tau_follows_epochs(tiny):
     _, net, _, _, _ = build("DE", dict(tiny, de_anneal_epochs=10))
     net.start_epoch(5)
@@ -165,6 +261,10 @@ def test_tau_follows_epochs(tiny):
     ("kd_reduction", "mean", "kd_reduction='mean'"),
     ("de_weight", -1, "de_weight=-1"),
     ("de_tau_start", 0, "de_tau_start=0"),
+    ("de_rows", "all", "de_rows='all' must be one of"),
+    ("de_max_rows", -1, "de_max_rows=-1"),
+    ("de_max_rows", 2.5, "de_max_rows=2.5"),
+    ("kd_implementation", "slow", "kd_implementation='slow'"),
     ("rrd_k", 30, "rrd_k=30 must not exceed rrd_top_n=20"),
     ("rrd_temperature", -2.0, "rrd_temperature=-2.0"),
     ("rrd_sampling", "best", "rrd_sampling='best'"),
@@ -173,6 +273,15 @@ def test_tau_follows_epochs(tiny):
 def test_bad_settings_are_clear_errors(tiny, key, value, message):
     with pytest.raises(ValueError, match=message):
         build("DERRD", dict(tiny, **{key: value}), prepare=False)
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(de_rows="epoch", de_max_rows=10), "de_max_rows=10 applies to de_rows='batch' only"),
+    (dict(kd_implementation="reference", de_rows="epoch"), "kd_implementation='reference' computes the paper's"),
+])
+def test_conflicting_de_settings_are_clear_errors(tiny, settings, message):
+    with pytest.raises(ValueError, match=message):
+        build("DERRD", dict(tiny, **settings), prepare=False)
 
 
 @pytest.mark.parametrize("student,teacher", [("LightGCN", "LightGCN"), ("BPR", "LightGCN"),

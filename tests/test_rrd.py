@@ -225,3 +225,23 @@ def test_sampler_is_shared_not_copied_by_deepcopy():
 
     sampler, _, _ = make_sampler()
     assert copy.deepcopy({"sampler": sampler})["sampler"] is sampler
+
+
+def test_reference_loss_matches_the_fast_loss_in_value_and_gradient():
+    from recbole_derrd.distillation import reference_relaxed_ranking_loss
+
+    values = []
+    for fn in (relaxed_ranking_loss, reference_relaxed_ranking_loss):
+        gen = torch.Generator()
+        s = (3 * torch.randn(50, 8, generator=gen.manual_seed(1), dtype=torch.float64)).requires_grad_()
+        u = (3 * torch.randn(50, 5, generator=gen.manual_seed(2), dtype=torch.float64)).requires_grad_()
+        loss = fn(s, u)
+        loss.backward()
+        values.append((loss.item(), s.grad, u.grad))
+    assert values[0][0] == pytest.approx(values[1][0], rel=1e-12)
+    torch.testing.assert_close(values[0][1], values[1][1], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(values[0][2], values[1][2], rtol=1e-10, atol=1e-12)
+    # hand-computed, one user: s = (1, 0), u = (0): -[1 - log(e + 2)] - [0 - log(2)]
+    s, u = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0]])
+    assert reference_relaxed_ranking_loss(s, u).item() == pytest.approx(
+        -(1 - np.log(np.e + 2)) - (0 - np.log(2)), rel=1e-6)

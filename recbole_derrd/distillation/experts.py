@@ -268,6 +268,16 @@ class _SparseMixture(torch.autograd.Function):
                 grad_w2.reshape(m * h, d_t), grad_b2, None)
 
 
+def reference_mixture(x, weights, w1, b1, w2, b2):
+    """The mixture computed the straightforward way, as the official code does: every expert's
+    output for every row ([n, M, d_t]), weighted and summed, through autograd.  The same
+    result as the dense and sparse paths (tested); kept to measure what they save."""
+    m, d_t = b2.shape
+    hidden = torch.relu(x @ w1 + b1).view(x.shape[0], m, -1)
+    outputs = torch.einsum("nmh,mhd->nmd", hidden, w2.view(m, -1, d_t)) + b2
+    return (weights.unsqueeze(-1) * outputs).sum(1)
+
+
 class DistillationExperts(nn.Module):
     """M experts d_s -> h -> d_t (ReLU) plus a selection network Linear(d_t -> M) + softmax.
 
@@ -300,22 +310,26 @@ class DistillationExperts(nn.Module):
         bound = 1.0 / math.sqrt(fan_in)
         return torch.empty(shape).uniform_(-bound, bound)
 
-    def selection_weights(self, teacher_repr, tau):
-        """[n, M] expert weights for each row; all ones when there is a single expert."""
+    def selection_weights(self, teacher_repr, tau, threshold=True):
+        """[n, M] expert weights for each row; all ones when there is a single expert.
+        ``threshold=False`` keeps the weights below ``weight_threshold`` (the reference)."""
         if self.selection is None:
             return teacher_repr.new_ones(teacher_repr.shape[0], 1)
         alpha = F.softmax(self.selection(teacher_repr), dim=-1)
         weights = gumbel_softmax(alpha, tau)
-        if self.weight_threshold > 0:
+        if threshold and self.weight_threshold > 0:
             weights = weights.masked_fill(weights < self.weight_threshold, 0)
         return weights
 
     def mix(self, student_repr, weights, path="auto"):
         """sum_m weights[:, m] * E_m(student_repr) -> [n, d_t].
 
-        ``path``: "dense", "sparse" (only the non-zero weights), or "auto" (sparse when at
-        most :data:`SPARSE_MAX_ACTIVE_FRACTION` of the weights are non-zero).
+        ``path``: "dense", "sparse" (only the non-zero weights), "auto" (sparse when at most
+        :data:`SPARSE_MAX_ACTIVE_FRACTION` of the weights are non-zero), or "reference" (the
+        straightforward computation, see :func:`reference_mixture`).
         """
+        if path == "reference":
+            return reference_mixture(student_repr, weights, self.w1, self.b1, self.w2, self.b2)
         if path == "auto":
             active = int(torch.count_nonzero(weights))
             path = "sparse" if active <= SPARSE_MAX_ACTIVE_FRACTION * weights.numel() else "dense"
@@ -327,14 +341,16 @@ class DistillationExperts(nn.Module):
         tiles = _Tiles.of(weights, self.num_experts)
         return _SparseMixture.apply(student_repr, weights, self.w1, self.b1, self.w2, self.b2, tiles)
 
-    def forward(self, student_repr, teacher_repr, tau):
-        return self.mix(student_repr, self.selection_weights(teacher_repr, tau))
+    def forward(self, student_repr, teacher_repr, tau, path="auto"):
+        weights = self.selection_weights(teacher_repr, tau, threshold=path != "reference")
+        return self.mix(student_repr, weights, path)
 
-    def loss(self, student_repr, teacher_repr, tau, row_weights=None):
+    def loss(self, student_repr, teacher_repr, tau, row_weights=None, path="auto"):
         """Squared L2 distance to the teacher representation, summed over rows.
 
-        ``row_weights`` ([n], optional) scales each row's distance (DE's 0.5 for items).
+        ``row_weights`` ([n], optional) scales each row's distance (DE's 0.5 for items);
+        ``path`` as in :meth:`mix`.
         """
         teacher_repr = teacher_repr.detach()
-        distance = (teacher_repr - self(student_repr, teacher_repr, tau)).pow(2).sum(-1)
+        distance = (teacher_repr - self(student_repr, teacher_repr, tau, path)).pow(2).sum(-1)
         return distance.sum() if row_weights is None else (distance * row_weights).sum()

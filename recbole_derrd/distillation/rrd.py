@@ -67,3 +67,12 @@ def _relaxed_ranking_loss_logspace(interesting, uninteresting):
     suffix = torch.logcumsumexp(interesting.flip(-1), dim=-1).flip(-1)
     below = torch.logsumexp(uninteresting, dim=-1, keepdim=True)
     return -(interesting - torch.logaddexp(suffix, below)).sum()
+
+
+def reference_relaxed_ranking_loss(interesting, uninteresting):
+    """The same loss the straightforward way, as the official code computes it: exp, reverse
+    cumulative sum and log in the scores' precision, through autograd (overflows for score
+    spreads beyond ~88 in float32).  Kept to measure what the fast path saves."""
+    exp_inter = interesting.exp()
+    suffix = exp_inter.flip(-1).cumsum(-1).flip(-1) + uninteresting.exp().sum(-1, keepdim=True)
+    return -(interesting - suffix.log()).sum()

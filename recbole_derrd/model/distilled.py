@@ -12,6 +12,8 @@ then lets each term precompute what depends on the teacher (:meth:`prepare_terms
 module imports neither the teacher nor the trainer module.
 """
 
+import time
+
 import numpy as np
 import torch
 
@@ -79,6 +81,8 @@ class DistilledRecommender(GeneralRecommender):
         self._teacher = FrozenTeacher(teacher)
         self.teacher_adapter = adapter_for(teacher)
         self.teacher_ready = False
+        #: wall seconds of the terms' one-off setup (teacher top-N, ...): part of a run's time
+        self.terms_prepare_seconds = None
 
         self.kd_reduction = one_of(config, "kd_reduction", KD_REDUCTIONS)
         self.context = DistillationContext(
@@ -119,10 +123,13 @@ class DistilledRecommender(GeneralRecommender):
         if not self.teacher_ready:
             raise RuntimeError("%s: the teacher is not ready; use prepare_distillation"
                                % type(self).__name__)
+        start = time.perf_counter()
         self.teacher_adapter.begin_step()
+        self.context.batches_per_epoch = len(train_data)
         train_matrix = train_data._dataset.inter_matrix(form="csr").astype(np.float32)
         for term in self.distillation_terms:
             term.prepare(self.context, train_matrix)
+        self.terms_prepare_seconds = time.perf_counter() - start
 
     def start_epoch(self, epoch):
         """Per-epoch state of every term (annealed temperatures, sampled lists)."""

@@ -20,6 +20,11 @@ import math
 import numpy as np
 
 
+#: ``kd_implementation``: the plugin's fast paths, or the straightforward computation of the
+#: official code (same losses; kept to measure the difference, see benchmarks/time_to_quality.py).
+KD_IMPLEMENTATIONS = ("fast", "reference")
+
+
 # --------------------------------------------------------------------------- key checks
 def number(config, key):
     value = config[key]
@@ -76,6 +81,7 @@ class DistillationContext:
         self.device = device
         self.train_counts = train_counts  # [n_users] numpy: training interactions per user
         self.user_label = user_label  # internal user id -> text for messages (its token)
+        self.batches_per_epoch = None  # training batches per epoch, known once the loader is (prepare)
 
     def teacher_ranking(self, train_matrix, depth):
         """The teacher's ``depth`` best unobserved items per user, [n_users, depth] numpy;

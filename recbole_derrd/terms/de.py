@@ -1,9 +1,15 @@
 """DE (Distillation Experts): the student's representations mapped into the teacher's space."""
 
+import math
+
 import torch
 
 from recbole_derrd.distillation import DistillationExperts, tau_at_epoch
-from recbole_derrd.terms.base import DistillationTerm, non_negative, positive, positive_int
+from recbole_derrd.terms.base import (KD_IMPLEMENTATIONS, DistillationTerm, non_negative, non_negative_int,
+                                      one_of, positive, positive_int)
+
+#: ``de_rows``: which rows a batch distils (see :class:`DE`).
+DE_ROWS = ("batch", "epoch")
 
 
 class DE(DistillationTerm):
@@ -12,19 +18,44 @@ class DE(DistillationTerm):
     Selection temperature tau anneals geometrically from ``de_tau_start`` to ``de_tau_end``
     over ``de_anneal_epochs``.  The two item sets go through the item experts in one call
     (rows weighted 0.5): the same loss as two calls, with larger and fewer matrix products.
+
+    DE's cost is rows x experts, and with the paper's rows (``de_rows: batch``) a user is
+    distilled again in every batch that holds one of its interactions.  Two cheaper estimates of
+    the same batch loss, each weighted so that its expectation over the rows drawn is the
+    paper's (scaled by distinct rows / rows used):
+
+    * ``de_max_rows: k`` -- at most k rows per side (users; items), a uniform sample without
+      replacement of the batch's distinct users and of its item rows;
+    * ``de_rows: epoch`` -- each epoch a random order of all users and all items, and each
+      batch distils the next 1/B of each (B: batches per epoch), so every entity is distilled
+      about once per epoch, whichever batches it appears in.
+
+    The rows drawn depend only on (seed, epoch, batch number): a resumed run draws the same.
+
+    ``kd_implementation: reference`` computes the paper's rows the straightforward way the
+    official code does (three calls per batch, every expert densely at every tau, autograd), to
+    measure what the fast paths save; the loss is the same.
     """
 
     name = "DE"
 
-    def __init__(self, context, weight, tau_start, tau_end, anneal_epochs, num_experts, threshold):
+    def __init__(self, context, weight, tau_start, tau_end, anneal_epochs, num_experts, threshold,
+                 rows="batch", max_rows=0, reference=False):
         super().__init__(weight)
+        self.reference = reference
         self.student, self.teacher = context.student, context.teacher
         self.tau_start, self.tau_end, self.anneal_epochs = tau_start, tau_end, anneal_epochs
+        self.rows, self.max_rows = rows, max_rows
+        self.seed = context.seed
+        self.n_users, self.n_items = context.n_users, context.n_items
         self.user_experts = DistillationExperts(
             self.student.user_dim, self.teacher.user_dim, num_experts, threshold)
         self.item_experts = DistillationExperts(
             self.student.item_dim, self.teacher.item_dim, num_experts, threshold)
         self.tau = tau_start
+        self.batches_per_epoch = None
+        self._generator = torch.Generator()
+        self._user_rotation = self._item_rotation = None
 
     @classmethod
     def from_config(cls, config, context):
@@ -38,25 +69,86 @@ class DE(DistillationTerm):
         threshold = non_negative(config, "de_weight_threshold")
         if threshold >= 1:
             raise ValueError("de_weight_threshold=%r must be below 1" % (threshold,))
-        return cls(context, weight, tau_start, tau_end, anneal_epochs, num_experts, threshold)
+        rows = one_of(config, "de_rows", DE_ROWS)
+        max_rows = non_negative_int(config, "de_max_rows")
+        if rows == "epoch" and max_rows:
+            raise ValueError("de_max_rows=%r applies to de_rows='batch' only (de_rows='epoch' already "
+                             "distils about one row per entity per epoch)" % (max_rows,))
+        reference = one_of(config, "kd_implementation", KD_IMPLEMENTATIONS) == "reference"
+        if reference and (rows != "batch" or max_rows):
+            raise ValueError("kd_implementation='reference' computes the paper's DE rows: it needs "
+                             "de_rows='batch' and de_max_rows=0 (got %r and %r)" % (rows, max_rows))
+        return cls(context, weight, tau_start, tau_end, anneal_epochs, num_experts, threshold, rows, max_rows,
+                   reference)
 
     def modules(self):
         return {"user_experts": self.user_experts, "item_experts": self.item_experts}
 
+    def prepare(self, context, train_matrix):
+        self.batches_per_epoch = context.batches_per_epoch
+
     def start_epoch(self, epoch):
         self.tau = tau_at_epoch(epoch, self.tau_start, self.tau_end, self.anneal_epochs)
+        # one stream per (seed, epoch): the rows a batch draws survive a resume
+        self._generator.manual_seed((int(self.seed) * 1000003 + int(epoch)) % (2 ** 63))
+        if self.rows == "epoch":
+            if not self.batches_per_epoch:
+                raise RuntimeError("de_rows='epoch' needs the batches per epoch; use prepare_distillation")
+            self._user_rotation = _Rotation(self.n_users, self.batches_per_epoch, self._generator)
+            self._item_rotation = _Rotation(self.n_items, self.batches_per_epoch, self._generator)
 
     def raw_loss(self, batch):
-        loss = self._part(self.user_experts, self.student.user_repr, self.teacher.user_repr, batch.users)
-        item_sets = [torch.unique(items) for items in (batch.positives, batch.negatives) if items.numel()]
-        if item_sets:
-            items = torch.cat(item_sets)
-            half = torch.full(items.shape, 0.5, device=items.device)
-            loss = loss + self._part(self.item_experts, self.student.item_repr,
-                                     self.teacher.item_repr, items, half)
+        if self.reference:
+            return self._reference_loss(batch)
+        users = batch.users
+        items = torch.cat([torch.unique(i) for i in (batch.positives, batch.negatives) if i.numel()]
+                          or [users.new_empty(0)])
+        # what the paper's rows weigh: 1 per distinct user, 0.5 per distinct positive / negative item
+        user_mass, item_mass = float(users.numel()), 0.5 * items.numel()
+        if self.rows == "epoch":
+            users, items = self._user_rotation.next(users.device), self._item_rotation.next(items.device)
+        elif self.max_rows:
+            users, items = self._sample(users), self._sample(items)
+        loss = self._part(self.user_experts, self.student.user_repr, self.teacher.user_repr, users,
+                          user_mass / max(users.numel(), 1))
+        if items.numel() and item_mass:
+            loss = loss + self._part(self.item_experts, self.student.item_repr, self.teacher.item_repr,
+                                     items, item_mass / items.numel())
         return loss
 
-    def _part(self, experts, student_repr, teacher_repr, ids, row_weights=None):
+    def _reference_loss(self, batch):
+        loss = self._part(self.user_experts, self.student.user_repr, self.teacher.user_repr, batch.users, 1)
+        for items in (batch.positives, batch.negatives):
+            if items.numel():
+                loss = loss + self._part(self.item_experts, self.student.item_repr, self.teacher.item_repr,
+                                         torch.unique(items), 0.5)
+        return loss
+
+    def _sample(self, ids):
+        if ids.numel() <= self.max_rows:
+            return ids
+        chosen = torch.randperm(ids.numel(), generator=self._generator)[:self.max_rows]
+        return ids[chosen.to(ids.device)]
+
+    def _part(self, experts, student_repr, teacher_repr, ids, row_weight):
         with torch.no_grad():
             target = teacher_repr(ids)
-        return experts.loss(student_repr(ids), target, self.tau, row_weights)
+        loss = experts.loss(student_repr(ids), target, self.tau, path="reference" if self.reference else "auto")
+        return loss if row_weight == 1 else loss * row_weight
+
+
+class _Rotation:
+    """All ids 1..n-1 (0 is RecBole's padding) in a random order, handed out in B nearly equal
+    consecutive slices; a batch beyond the B-th starts over from the top."""
+
+    def __init__(self, n, batches, generator):
+        self.order = torch.randperm(n - 1, generator=generator) + 1
+        self.size = max(1, math.ceil((n - 1) / batches))
+        self.start = 0
+
+    def next(self, device):
+        if self.start >= len(self.order):
+            self.start = 0
+        ids = self.order[self.start:self.start + self.size]
+        self.start += self.size
+        return ids.to(device)

@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
-from recbole_derrd.distillation import RRDSampler, relaxed_ranking_loss
-from recbole_derrd.terms.base import (DistillationTerm, check_room, non_negative, one_of, positive,
-                                      positive_int)
+from recbole_derrd.distillation import RRDSampler, reference_relaxed_ranking_loss, relaxed_ranking_loss
+from recbole_derrd.terms.base import (KD_IMPLEMENTATIONS, DistillationTerm, check_room, non_negative, one_of,
+                                      positive, positive_int)
 
 RRD_SAMPLING = ("sample", "top")
 
@@ -17,8 +17,9 @@ class RRD(DistillationTerm):
 
     name = "RRD"
 
-    def __init__(self, context, weight, top_n, k, l, temperature, sampling):
+    def __init__(self, context, weight, top_n, k, l, temperature, sampling, reference=False):
         super().__init__(weight)
+        self.loss_function = reference_relaxed_ranking_loss if reference else relaxed_ranking_loss
         self.student = context.student
         self.top_n, self.k, self.l = top_n, k, l
         self.temperature, self.sampling = temperature, sampling
@@ -37,7 +38,8 @@ class RRD(DistillationTerm):
             raise ValueError("rrd_k=%d must not exceed rrd_top_n=%d" % (k, top_n))
         # Fail before the teacher is trained if some user cannot get N + L distinct items.
         check_room(context, top_n + l, "rrd_top_n + rrd_l = %d" % (top_n + l))
-        return cls(context, weight, top_n, k, l, temperature, sampling)
+        reference = one_of(config, "kd_implementation", KD_IMPLEMENTATIONS) == "reference"
+        return cls(context, weight, top_n, k, l, temperature, sampling, reference)
 
     def prepare(self, context, train_matrix):
         if self.sampler is None:
@@ -59,4 +61,4 @@ class RRD(DistillationTerm):
             raise RuntimeError("RRD must be trained with its DistillationTrainer (no RRD lists)")
         items = self.lists.index_select(0, batch.users)
         scores = self.student.score(batch.users, items)
-        return relaxed_ranking_loss(scores[:, : self.k], scores[:, self.k:])
+        return self.loss_function(scores[:, : self.k], scores[:, self.k:])
