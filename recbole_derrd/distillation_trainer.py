@@ -48,6 +48,7 @@ class DistillationTrainer(SafeCheckpointMixin, Trainer):
         if self.config["resume"] and resume_checkpoint is None:
             resume_checkpoint = self.read_resume_checkpoint(self.config["resume"])
         prepare_distillation(self.model, train_data, valid_data, show_progress=show_progress)
+        self.setup_seconds = self.model.terms_prepare_seconds or 0.0
         # The teacher may just have been trained (consuming random numbers) or loaded: restart
         # the stream so the student trains identically in both cases.
         init_seed(self.config["seed"] + self.config["local_rank"], self.config["reproducibility"])

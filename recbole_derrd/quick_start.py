@@ -74,6 +74,9 @@ def train_and_test(config, data, train_data, valid_data, test_data, saved=True):
         "parameters": sum(p.numel() for p in model.parameters()),
         "saved_model_file": trainer.saved_model_file if saved else None,
         "cap_bound": trainer.cap_bound,
+        # time to quality: training (setup included) until the best evaluation / the last one
+        "seconds_to_best": trainer.seconds_to_best,
+        "fit_seconds": trainer.fit_seconds,
     }
     return result, model, per_user
 

@@ -17,6 +17,7 @@ The distilled models' trainer builds on it in :mod:`recbole_derrd.distillation_t
 import copy
 import os
 import random
+import time
 
 import numpy as np
 import torch
@@ -78,6 +79,14 @@ class SafeCheckpointMixin:
         self._resumed = False
         #: True when the epoch cap ended a run still improving on validation (set by fit).
         self.cap_bound = False
+        #: wall seconds of one-off work before the first epoch that belongs to the method (the
+        #: distillation terms' setup; not the teacher's training), counted in the clock below.
+        self.setup_seconds = 0.0
+        #: wall seconds from the start of training (setup included) to the end of the evaluation
+        #: that found the best validation score, and to the last evaluation; a resumed run
+        #: continues the clock of the run it resumes (time to quality, issue 17).
+        self.seconds_to_best = None
+        self.fit_seconds = None
 
     def _load_into_model(self, checkpoint_file, checkpoint=None):
         if checkpoint is None:
@@ -157,7 +166,8 @@ class SafeCheckpointMixin:
         state = self._checkpoint_state(epoch)
         state.update({"last": True, "best_valid_result": self.best_valid_result,
                       "best_model_file": self.saved_model_file,
-                      "random_states": random_states(train_data)})
+                      "random_states": random_states(train_data),
+                      "fit_seconds": self.fit_seconds, "seconds_to_best": self.seconds_to_best})
         atomic_save(state, last_checkpoint_path(self.saved_model_file), pickle_protocol=4)
 
     def read_resume_checkpoint(self, resume_file):
@@ -189,8 +199,10 @@ class SafeCheckpointMixin:
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None, resume_checkpoint=None):
         resume = self.config["resume"]
+        clock_start = time.perf_counter() - self.setup_seconds
         if resume:
             self.resume_checkpoint(resume, train_data=train_data, checkpoint=resume_checkpoint)
+            clock_start = time.perf_counter() - (self.fit_seconds or 0.0)
         if self._resumed and self._finished():
             # RecBole's fit would save the current (last-epoch) weights as the *best* model here.
             self.logger.info("Checkpoint %s ended its run (epoch cap or early stopping): nothing "
@@ -201,8 +213,10 @@ class SafeCheckpointMixin:
 
         def after_evaluation(epoch_idx, valid_score):
             self.last_evaluated_epoch = epoch_idx
+            self.fit_seconds = time.perf_counter() - clock_start
             if self.cur_step == 0:
                 self.best_epoch = epoch_idx
+                self.seconds_to_best = self.fit_seconds
             if saved:
                 self._save_last_checkpoint(epoch_idx, train_data)
             if callback_fn:
@@ -244,8 +258,17 @@ class SafeCheckpointMixin:
             self.saved_model_file = checkpoint["best_model_file"]
             self.best_valid_result = checkpoint["best_valid_result"]
             restore_random_states(checkpoint["random_states"], train_data)
+            self.fit_seconds = _seconds(checkpoint.get("fit_seconds"))
+            self.seconds_to_best = _seconds(checkpoint.get("seconds_to_best"))
         self._resumed = True
         self.logger.info("Checkpoint loaded. Resume training from epoch {}".format(self.start_epoch))
+
+
+def _seconds(value):
+    """A clock reading from a checkpoint: a finite float >= 0, else None (older files have none)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf"):
+        return float(value)
+    return None
 
 
 def unique_checkpoint_name(saved_model_file):

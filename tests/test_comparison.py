@@ -57,6 +57,10 @@ def test_comparison_writes_tables_and_plot_and_skips_finished_cells(tiny, tmp_pa
         teacher["test_result"]["ndcg@10"] - student["test_result"]["ndcg@10"])
     assert summary_rows["Teacher"]["gap_test"] is None and "teacher lead, valid N@10" in table
     assert rows[1]["teacher_lead_test"] == "%.6f" % summary_rows["Student"]["gap_test"]
+    # time to quality: every trained cell's clock to its best validation evaluation
+    assert 0 < student["seconds_to_best"] <= student["fit_seconds"] <= student["train_and_test_seconds"]
+    assert rows[1]["seconds_to_best"] == "%.2f" % student["seconds_to_best"] and rows[0]["seconds_to_best"] == ""
+    assert "to best valid (s)" in table
     # every method saw the same test users
     cells = report["cells"]
     assert len({len(c["per_user"]["ndcg@10"]) for c in cells.values()}) == 1
@@ -138,6 +142,11 @@ def test_teacher_lead_against_hand_values():
     cells[("Teacher", 1)]["best_valid_result"] = None
     rows = {r["method"]: r for r in comparison.summarise(cells, ["Teacher", "Student"], [0, 1])["rows"]}
     assert rows["Student"]["gap_valid"] is None and rows["Student"]["gap_test"] is not None
+    # time to best validation: the median over seeds, none when a seed's cell lacks it
+    assert rows["Student"]["seconds_to_best"] is None
+    cells[("Student", 0)]["seconds_to_best"], cells[("Student", 1)]["seconds_to_best"] = 30.0, 10.0
+    rows = {r["method"]: r for r in comparison.summarise(cells, ["Teacher", "Student"], [0, 1])["rows"]}
+    assert rows["Student"]["seconds_to_best"] == 20.0
 
 
 def test_seed_statistics_against_hand_values():

@@ -168,3 +168,25 @@ def test_resume_never_writes_where_the_file_says(tiny, tmp_path):
     result = run_recbole("RRD", config_dict=dict(tiny, epochs=4, stopping_step=100, resume=last), saved=True)
     assert not elsewhere.exists()
     assert result["saved_model_file"] == best
+
+
+def test_time_to_best_counts_the_setup_and_continues_across_a_resume(tiny, monkeypatch):
+    import time
+
+    from recbole_derrd.terms.rrd import RRD
+
+    plain_prepare = RRD.prepare
+    monkeypatch.setattr(RRD, "prepare", lambda self, *a: time.sleep(0.3) or plain_prepare(self, *a))
+    settings = dict(tiny, epochs=2, stopping_step=100)
+    first = run_recbole("RRD", config_dict=settings, saved=True)
+    # the terms' setup (here slowed to 0.3 s) is part of the method's time; the teacher's is not
+    assert 0.3 <= first["seconds_to_best"] <= first["fit_seconds"] < 0.3 + 60
+    _, last = _best_and_last(tiny["checkpoint_dir"], "RRD")
+    saved = load_checkpoint(last)
+    assert saved["fit_seconds"] == pytest.approx(first["fit_seconds"])
+    assert saved["seconds_to_best"] == pytest.approx(first["seconds_to_best"])
+    again = run_recbole("RRD", config_dict=dict(settings, epochs=4, resume=last), saved=True)
+    assert again["fit_seconds"] > first["fit_seconds"]  # the clock continues, it does not restart
+    assert again["seconds_to_best"] >= first["seconds_to_best"]
+    stock = run_recbole("BPR", config_dict=dict(tiny, epochs=2), saved=True)
+    assert 0 < stock["seconds_to_best"] <= stock["fit_seconds"]

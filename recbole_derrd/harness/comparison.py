@@ -126,6 +126,7 @@ def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir, exte
         "inference_seconds_256_users": _inference_seconds(model),
         **cell_epochs(settings["checkpoint_dir"]),
         "cap_bound": bool(result.get("cap_bound")),
+        "seconds_to_best": result.get("seconds_to_best"), "fit_seconds": result.get("fit_seconds"),
     }
 
 
@@ -227,6 +228,8 @@ def summarise(cells, methods, seeds):
             "method": method, "model": runs[0]["model"], "parameters": runs[0]["parameters"],
             "mean": stats["mean"], "std": stats["std"],
             "train_seconds": _mean_or_none([r["train_and_test_seconds"] for r in runs]),
+            # time to quality: training until the best validation evaluation, median over seeds
+            "seconds_to_best": _median_or_none([r.get("seconds_to_best") for r in runs]),
             # a resumed cell's clock started at its resume: its time undercounts the training
             "resumed": any(r.get("resumed_from") for r in runs),
             "continued": any(r.get("continued_from") for r in runs),
@@ -292,6 +295,11 @@ def _mean_or_none(values):
     return float(np.mean(values)) if values else None
 
 
+def _median_or_none(values):
+    """The median, or None when any seed lacks the value (cells written before it was kept)."""
+    return float(np.median(values)) if values and all(v is not None for v in values) else None
+
+
 def markdown(summary, title):
     metrics = summary["metrics"]
     names = [m.replace("hit", "H").replace("mrr", "M").replace("ndcg", "N") for m in metrics]
@@ -304,18 +312,23 @@ def markdown(summary, title):
             cells.append("**%s**" % text if best else text)
         seconds = "-" if row["train_seconds"] is None else "%.0f" % row["train_seconds"]
         seconds += ("*" if row["resumed"] else "") + ("+" if row["continued"] else "")
+        to_best = "-" if row.get("seconds_to_best") is None else "%.0f" % row["seconds_to_best"]
         rows.append([row["method"], format(row["parameters"], ",")] + cells
-                    + [_gap_text(row["gap_valid"]), _gap_text(row["gap_test"]), seconds, ", ".join(row["epochs"])])
+                    + [_gap_text(row["gap_valid"]), _gap_text(row["gap_test"]), seconds, to_best,
+                       ", ".join(row["epochs"])])
     tests = [[t["method"], t["reference"], t["metric"], "%+.4f" % t["mean_diff"], "%.3g" % t["p_value"],
               t["n_users"]] for t in summary["tests"]]
     first = summary["rows"][0]
     gap_names = ["teacher lead, valid %s" % (first.get("valid_metric") or "-").replace("ndcg", "N"),
                  "teacher lead, test %s" % first.get("gap_metric", "ndcg@10").replace("ndcg", "N")]
     lines = ["## " + title, "",
-             markdown_table(["method", "params"] + names + gap_names + ["train + test (s)", "best/last epoch"], rows),
+             markdown_table(["method", "params"] + names + gap_names + ["train + test (s)", "to best valid (s)", "best/last epoch"],
+                            rows),
              "", "Bold: best mean per column, the teacher excepted. Mean +- std over seeds. Epochs "
              "count from 0, one entry per seed (the teacher: its best epoch only). Teacher lead: teacher - "
-             "this row, per seed, averaged (validation: the teacher's valid_metric). Best baseline (by "
+             "this row, per seed, averaged (validation: the teacher's valid_metric). To best valid: "
+             "training time (the method's setup included, the teacher's training not) until the "
+             "evaluation that found the best validation score, median over seeds. Best baseline (by "
              "N@10, not the teacher, DE/RRD/DE-RRD or the student): %s." % summary["best_baseline"]
              + (" *: resumed from a checkpoint (in at least one seed); the time counts the last process "
                 "only (`resumed_from` in the JSON)." if any(r["resumed"] for r in summary["rows"]) else "")
@@ -338,7 +351,7 @@ def write_outputs(summary, cells, out_dir, title):
     writer = csv.writer(table)
     writer.writerow(["method", "parameters", "train_seconds", "inference_seconds_256_users"]
                     + ["%s_mean" % m for m in summary["metrics"]] + ["%s_std" % m for m in summary["metrics"]]
-                    + ["resumed", "teacher_lead_valid", "teacher_lead_test"])
+                    + ["resumed", "teacher_lead_valid", "teacher_lead_test", "seconds_to_best"])
     for row in summary["rows"]:
         writer.writerow([row["method"], row["parameters"],
                          "" if row["train_seconds"] is None else "%.2f" % row["train_seconds"],
@@ -346,7 +359,8 @@ def write_outputs(summary, cells, out_dir, title):
                         + ["%.6f" % row["mean"][m] for m in summary["metrics"]]
                         + ["%.6f" % row["std"][m] for m in summary["metrics"]]
                         + [int(row["resumed"])]
-                        + ["" if row[k] is None else "%.6f" % row[k] for k in ("gap_valid", "gap_test")])
+                        + ["" if row[k] is None else "%.6f" % row[k] for k in ("gap_valid", "gap_test")]
+                        + ["" if row.get("seconds_to_best") is None else "%.2f" % row["seconds_to_best"]])
     paths["csv"] = atomic_write_text(os.path.join(out_dir, "comparison.csv"), table.getvalue())
     paths["json"] = atomic_write_text(os.path.join(out_dir, "comparison.json"), json.dumps(
         {"title": title, **{k: v for k, v in summary.items()},
