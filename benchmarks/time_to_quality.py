@@ -1,0 +1,277 @@
+"""Time to quality: how long until each method's student is as good as it gets (issue 17).
+
+Per-epoch ratios say little about what a user waits for: a method may take longer per epoch and
+fewer epochs, or spend most epochs in a phase that costs more than the rest.  This benchmark
+trains each method with the results' early-stopping rule and reports, side by side in one run:
+
+* time to the best validation NDCG@10: the training clock (the method's one-off setup, e.g. the
+  teacher's top-N, included; the shared teacher's own training not) up to the end of the
+  evaluation that found the best validation score (``seconds_to_best`` of the trainer);
+* total training time, best / last evaluated epoch, best validation and test NDCG@10;
+* the ratio of each method's median time to quality over the student alone's;
+* a **reference** row: DE-RRD computed the straightforward way the official code does
+  (``kd_implementation: reference``: every expert densely at every tau, three DE calls per
+  batch, autograd RRD), the same losses, so the ratio to the peer is measured.  With
+  ``--reference_epochs N`` it runs N epochs only and its time to quality is extrapolated from
+  its measured seconds per epoch to the epochs DE-RRD needed (labelled "extrapolated").
+
+Data: ``citeulike`` (the paper's split, ``results/citeulike/citeulike-bpr.yaml``: 300-epoch cap,
+evaluation every 5 epochs, stop after 4 without improvement) or ``ml1m-shaped`` (seeded synthetic
+power-law data with MovieLens-1M's shape, 6,040 users x 3,706 items x 600,000 interactions;
+leave-one-out in random order, 499 sampled negatives, the same stopping rule).
+
+Every (variant, method, seed) is a comparison cell (resumable; a finished cell is never
+recomputed) under ``--out_dir``; the teacher is trained once per seed into ``<out_dir>/teachers``
+(or given with ``--teacher_checkpoint``).  ``--variant label:key=value,...`` adds DE-RRD with
+other settings (e.g. ``rows-epoch:de_rows=epoch``).  With two out_dirs, ``--summary`` prints the
+one-line summary that RESULTS.md records end with.
+
+    python benchmarks/time_to_quality.py --dataset citeulike --seeds 0,1,2 --out_dir runs/ttq-citeulike
+    python benchmarks/time_to_quality.py --dataset ml1m-shaped --epochs 60 --reference_epochs 5 \\
+        --out_dir runs/ttq-ml1m
+    python benchmarks/time_to_quality.py --summary runs/ttq-citeulike runs/ttq-ml1m
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+
+from _common import ROOT, SHARED_DATA, check_quiet, environment_line, record
+
+CITEULIKE_CONFIG = os.path.join(ROOT, "results", "citeulike", "citeulike-bpr.yaml")
+ML1M_SHAPE = {"users": 6040, "items": 3706, "interactions": 600000}
+#: the methods of every run, in table order; REFERENCE is DE-RRD with kd_implementation: reference
+METHODS = ("Student", "RRD", "DE", "DERRD")
+REFERENCE = "reference"
+PROTOCOL = {"eval_step": 5, "stopping_step": 4, "valid_metric": "NDCG@10",
+            "metrics": ["Hit", "MRR", "NDCG"], "topk": [5, 10, 20], "show_progress": False}
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def ml1m_shaped(data_dir, shape=None, seed=0):
+    """Write (once) the synthetic MovieLens-1M-shaped dataset; returns (dataset, data_path).
+    ``shape`` (users, items, interactions) other than ML-1M's gets a name of its own."""
+    from recbole_derrd.harness.synthetic import generate, write_atomic
+
+    shape = shape or (ML1M_SHAPE["users"], ML1M_SHAPE["items"], ML1M_SHAPE["interactions"])
+    name = "ml1m_shaped" if list(shape) == list(ML1M_SHAPE.values()) else "synthetic_%d_%d_%d" % tuple(shape)
+    if not os.path.isfile(os.path.join(data_dir, name, name + ".inter")):
+        users, items = generate(*shape, min_per_user=min(20, shape[2] // shape[0]), seed=seed)
+        write_atomic(data_dir, name, users + 1, items + 1)
+    return name, data_dir
+
+
+def run_settings(args):
+    """(dataset, config files, config dict) of the chosen data."""
+    settings = dict(PROTOCOL, epochs=args.epochs, **parse_pairs(args.set, "--set"))
+    if args.teacher_checkpoint:
+        settings["teacher_checkpoint"] = args.teacher_checkpoint
+    else:
+        settings["teacher_cache_dir"] = os.path.join(os.path.abspath(args.out_dir), "teachers")
+    if args.dataset == "citeulike":
+        if not os.path.isdir(os.path.join(args.data_path, "citeulike")):
+            sys.exit("CiteULike not found under %s (--data_path)" % args.data_path)
+        return "citeulike", [CITEULIKE_CONFIG], dict(settings, data_path=args.data_path)
+    shape = [int(x) for x in args.shape.split(",")] if args.shape else None
+    dataset, data_path = ml1m_shaped(args.data_dir, shape)
+    settings.update(data_path=data_path, load_col={"inter": ["user_id", "item_id"]},
+                    eval_args={"split": {"LS": "valid_and_test"}, "order": "RO", "group_by": "user",
+                               "mode": "uni499"})
+    return dataset, [], settings
+
+
+def parse_pairs(pairs, flag):
+    """['key=value', ...] -> {key: value}, values read as YAML scalars (safe_load: data only)."""
+    import yaml
+
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            sys.exit("%s %r is not key=value" % (flag, pair))
+        settings[key.strip()] = yaml.safe_load(value)
+    return settings
+
+
+def parse_variants(texts):
+    """['label:key=value,key=value'] -> {label: {key: value}}."""
+    variants = {}
+    for text in texts:
+        label, _, pairs = text.partition(":")
+        if not label or not pairs or label in METHODS + (REFERENCE,):
+            sys.exit("--variant %r: expected label:key=value[,key=value], a new label" % text)
+        variants[label] = parse_pairs(pairs.split(","), "--variant %s:" % label)
+    return variants
+
+
+def rows_to_run(args):
+    """[(label, method, extra settings)] in table order."""
+    rows = [(m, m, {}) for m in METHODS]
+    rows += [(label, "DERRD", extra) for label, extra in parse_variants(args.variant).items()]
+    reference = {"kd_implementation": "reference", "de_rows": "batch", "de_max_rows": 0}
+    if args.reference_epochs:
+        reference["epochs"] = args.reference_epochs
+    if not args.no_reference:
+        rows.append((REFERENCE, "DERRD", reference))
+    return rows
+
+
+def run(args):
+    from recbole_derrd.harness.comparison import prepare_seed_teacher, run_cell
+
+    dataset, files, settings = run_settings(args)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cells = {}
+    for seed in seeds:
+        prepare_seed_teacher(seed, dataset, files, settings, args.out_dir)
+        for label, method, extra in rows_to_run(args):
+            folder = os.path.join(args.out_dir, label)
+            path = os.path.join(folder, "%s-seed%d.json" % (method, seed))
+            if os.path.isfile(path):
+                with open(path) as handle:
+                    cells[(label, seed)] = json.load(handle)
+                print("%s, seed %d: done before" % (label, seed), flush=True)
+                continue
+            print("%s, seed %d: training" % (label, seed), flush=True)
+            cell = run_cell(method, seed, dataset, files, dict(settings, **extra), folder)
+            cell = {k: v for k, v in cell.items() if k != "per_user"}
+            cell.update(label=label, settings=extra)
+            os.makedirs(folder, exist_ok=True)
+            with open(path + ".tmp", "w") as handle:
+                json.dump(cell, handle)
+            os.replace(path + ".tmp", path)
+            cells[(label, seed)] = cell
+    with open(os.path.join(args.out_dir, "time_to_quality.json"), "w") as handle:
+        json.dump({"dataset": args.dataset, "seeds": seeds, "reference_epochs": args.reference_epochs,
+                   "cells": list(cells.values())}, handle, indent=1)
+    return table(cells, seeds, args.dataset, args.reference_epochs)
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def table(cells, seeds, dataset, reference_epochs):
+    """(markdown lines, {label: median time to quality}) of one dataset's cells."""
+    labels = list(dict.fromkeys(label for label, _ in cells))
+    to_best = {}
+    lines = ["| method | seeds | to best valid (s), median | spread | total train (s), median | "
+             "best / last epoch | best valid N@10 | test N@10 (mean) | vs student |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    derrd_epochs = _median([cells[("DERRD", s)]["best_epoch"] for s in seeds if ("DERRD", s) in cells])
+    for label in labels:
+        runs = [cells[(label, s)] for s in seeds if (label, s) in cells]
+        times = [r.get("seconds_to_best") for r in runs]
+        note = ""
+        if label == REFERENCE and reference_epochs:
+            # dense at every tau: seconds per epoch are flat; scale to DE-RRD's epochs to its best
+            per_epoch = _median([r["fit_seconds"] / (r["last_epoch"] + 1) for r in runs])
+            times = [per_epoch * (derrd_epochs + 1)] if derrd_epochs is not None else [None]
+            note = " (extrapolated from %d epochs)" % reference_epochs
+        median = _median(times)
+        to_best[label] = median
+        spread = (max(times) - min(times)) / median if median and len(times) > 1 and None not in times else None
+        valid = [r["best_valid_result"].get("ndcg@10") for r in runs]
+        test = [r["test_result"].get("ndcg@10") for r in runs]
+        lines.append("| %s%s | %d | %s | %s | %s | %s | %s | %s | %s |" % (
+            label, note, len(runs), _fmt(median, "%.0f"), _fmt(spread, "%.0f%%", 100),
+            _fmt(_median([r.get("fit_seconds") for r in runs]), "%.0f"),
+            ", ".join("%s/%s" % (r["best_epoch"], r["last_epoch"]) for r in runs),
+            _fmt(_median(valid), "%.4f"), _fmt(statistics.mean(test) if test else None, "%.4f"),
+            _ratio(median, to_best.get("Student"))))
+    lines += ["", "Dataset: %s. Medians over seeds; spread = (max - min) / median of the time to quality."
+              % dataset]
+    return lines, to_best
+
+
+def _fmt(value, pattern, scale=1):
+    return "-" if value is None else pattern % (value * scale)
+
+
+def _ratio(value, base):
+    return "-" if value is None or not base else "%.2fx" % (value / base)
+
+
+def summary_line(citeulike, ml1m):
+    """The one line each RESULTS.md record ends with (read by scripts)."""
+    def ratio(times, a, b):
+        return "n/a" if not times or not times.get(a) or not times.get(b) else "%.2f" % (times[a] / times[b])
+
+    return ("time to quality: DE-RRD/student %sx (CiteULike), %sx (ML-1M-shaped); reference/DE-RRD %sx (CiteULike)"
+            % (ratio(citeulike, "DERRD", "Student"), ratio(ml1m, "DERRD", "Student"),
+               ratio(citeulike, REFERENCE, "DERRD")))
+
+
+def load_times(out_dir):
+    with open(os.path.join(out_dir, "time_to_quality.json")) as handle:
+        data = json.load(handle)
+    cells = {(c["label"], c["seed"]): c for c in data["cells"]}
+    return data["dataset"], table(cells, data["seeds"], data["dataset"], data["reference_epochs"])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", choices=("citeulike", "ml1m-shaped"), default="citeulike")
+    parser.add_argument("--data_path", default=SHARED_DATA, help="folder holding citeulike/")
+    parser.add_argument("--data_dir", default=os.path.join(ROOT, "runs", "data"),
+                        help="where the synthetic data is written")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--epochs", type=int, default=300, help="epoch cap")
+    parser.add_argument("--reference_epochs", type=int, default=0,
+                        help="run the reference this many epochs and extrapolate (0: run it fully)")
+    parser.add_argument("--no_reference", action="store_true")
+    parser.add_argument("--variant", action="append", default=[], help="label:key=value,... (DE-RRD)")
+    parser.add_argument("--teacher_checkpoint")
+    parser.add_argument("--set", action="append", default=[], help="key=value for every run")
+    parser.add_argument("--shape", help="synthetic users,items,interactions (default: ML-1M's)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out_dir", default=os.path.join(ROOT, "runs", "time_to_quality"))
+    parser.add_argument("--summary", nargs=2, metavar=("CITEULIKE_DIR", "ML1M_DIR"),
+                        help="print the tables and the summary line of two finished runs")
+    parser.add_argument("--record", action="store_true",
+                        help="append the tables to benchmarks/RESULTS.md (refused on a busy machine)")
+    parser.add_argument("--max_load", type=float, default=0.7)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    header = [environment_line("python benchmarks/time_to_quality.py " + " ".join(argv or sys.argv[1:])),
+              "CPU: %s; torch threads: %d" % (cpu_model(), torch.get_num_threads()), ""]
+    if args.summary:
+        times, lines = {}, list(header)
+        for out_dir in args.summary:
+            dataset, (table_lines, to_best) = load_times(out_dir)
+            times[dataset] = to_best
+            lines += table_lines + [""]
+        lines.append(summary_line(times.get("citeulike"), times.get("ml1m-shaped")))
+        record("Time to quality (%s)" % ", ".join(sorted(times)), lines, enabled=args.record)
+        return
+    quiet_before = check_quiet(args.max_load, force=True)
+    table_lines, _ = run(args)
+    quiet_after = check_quiet(args.max_load, force=True)
+    lines = header + table_lines
+    if not (quiet_before and quiet_after):
+        lines.append("(the load average exceeded %.2f at the start or the end: not a timing record)"
+                     % args.max_load)
+    record("Time to quality, %s" % args.dataset, lines,
+           enabled=args.record and quiet_before and quiet_after)
+
+
+if __name__ == "__main__":
+    main()

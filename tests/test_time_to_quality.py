@@ -1,0 +1,81 @@
+"""The time-to-quality benchmark end to end on small synthetic data, and its summary line."""
+
+import json
+import os
+import re
+import sys
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+@pytest.fixture
+def ttq(monkeypatch):
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import time_to_quality
+
+    return time_to_quality
+
+
+SMALL = ["--set=%s" % pair for pair in (
+    "t_epochs=2", "embedding_size=8", "t_embedding_size=16", "de_num_experts=4", "rrd_top_n=20",
+    "rrd_k=5", "rrd_l=5", "eval_step=1", "train_batch_size=256", "state=WARNING")]
+
+
+def test_runs_every_method_side_by_side_and_resumes(ttq, workdir, capsys):
+    out = str(workdir / "ttq")
+    argv = ["--dataset=ml1m-shaped", "--shape=60,150,1500", "--data_dir=%s" % (workdir / "data"),
+            "--epochs=2", "--reference_epochs=1", "--out_dir=%s" % out, "--seeds=0",
+            "--variant=rows-epoch:de_rows=epoch"] + SMALL
+    ttq.main(argv)
+    printed = capsys.readouterr().out
+    data = json.load(open(os.path.join(out, "time_to_quality.json")))
+    labels = [c["label"] for c in data["cells"]]
+    assert labels == ["Student", "RRD", "DE", "DERRD", "rows-epoch", "reference"]
+    for cell in data["cells"]:
+        assert 0 < cell["seconds_to_best"] <= cell["fit_seconds"], cell["label"]
+        assert 0 <= cell["test_result"]["ndcg@10"] <= 1
+    reference = data["cells"][-1]
+    assert reference["settings"]["kd_implementation"] == "reference" and reference["last_epoch"] == 0
+    assert data["cells"][4]["settings"] == {"de_rows": "epoch"}
+    assert "| reference (extrapolated from 1 epochs) |" in printed and "| Student | 1 |" in printed
+    assert "1.00x" in printed.split("| Student |")[1].split("\n")[0]
+    # a second run finds every cell done and trains nothing
+    ttq.main(argv)
+    assert capsys.readouterr().out.count("done before") == 6
+
+
+def test_summary_line_has_the_recorded_form(ttq):
+    line = ttq.summary_line({"DERRD": 300.0, "Student": 150.0, "reference": 1800.0}, {"DERRD": 50.0, "Student": 40.0})
+    assert line == ("time to quality: DE-RRD/student 2.00x (CiteULike), 1.25x (ML-1M-shaped); "
+                    "reference/DE-RRD 6.00x (CiteULike)")
+    assert re.fullmatch(r"time to quality: DE-RRD/student \S+x \(CiteULike\), \S+x \(ML-1M-shaped\); "
+                        r"reference/DE-RRD \S+x \(CiteULike\)", ttq.summary_line(None, {}))
+
+
+def test_table_against_hand_values(ttq):
+    def cell(label, seed, to_best, fit, best, last, valid, test):
+        return {"label": label, "seed": seed, "seconds_to_best": to_best, "fit_seconds": fit, "best_epoch": best,
+                "last_epoch": last, "best_valid_result": {"ndcg@10": valid}, "test_result": {"ndcg@10": test}}
+
+    cells = {("Student", 0): cell("Student", 0, 100.0, 150.0, 99, 119, 0.37, 0.36),
+             ("Student", 1): cell("Student", 1, 140.0, 160.0, 139, 159, 0.38, 0.37),
+             ("DERRD", 0): cell("DERRD", 0, 300.0, 400.0, 149, 169, 0.40, 0.39),
+             ("DERRD", 1): cell("DERRD", 1, 200.0, 300.0, 99, 119, 0.39, 0.38),
+             ("reference", 0): cell("reference", 0, 5.0, 50.0, 4, 4, 0.1, 0.1)}
+    lines, to_best = ttq.table(cells, [0, 1], "citeulike", reference_epochs=5)
+    assert to_best["Student"] == 120.0 and to_best["DERRD"] == 250.0
+    # reference: 50 s / 5 epochs = 10 s per epoch, times DE-RRD's median 124 + 1 epochs
+    assert to_best["reference"] == pytest.approx(10.0 * 125)
+    derrd = [l for l in lines if l.startswith("| DERRD |")][0]
+    assert "| 250 | 40% | 350 | 149/169, 99/119 | 0.3950 | 0.3850 | 2.08x |" in derrd
+
+
+def test_bad_variant_and_set_are_one_line_exits(ttq):
+    with pytest.raises(SystemExit, match="expected label:key=value"):
+        ttq.parse_variants(["DERRD:de_rows=epoch"])
+    with pytest.raises(SystemExit, match="is not key=value"):
+        ttq.parse_pairs(["de_rows"], "--set")
+    assert ttq.parse_pairs(["de_max_rows=256", "de_rows=epoch"], "--set") == {"de_max_rows": 256, "de_rows": "epoch"}
+    assert sys.modules["time_to_quality"] is ttq
