@@ -393,3 +393,18 @@ def test_fused_adam_same_update_rule_and_used_by_the_trainer(tiny):
     config_off = Config(model="DERRD", config_dict=dict(tiny, fused_adam=False))
     trainer_off = get_trainer(config_off["MODEL_TYPE"], "DERRD")(config_off, net)
     assert not trainer_off.optimizer.defaults.get("fused")
+
+
+@pytest.mark.parametrize("n,batches,world", [(11, 3, 1), (11, 3, 2), (101, 4, 3), (5, 4, 2)])
+def test_de_rotation_shares_an_epoch_among_ranks(n, batches, world):
+    from recbole_derrd.terms.de import _Rotation
+
+    taken = []
+    for rank in range(world):
+        rotation = _Rotation(n, torch.Generator().manual_seed(3), batches, rank, world)
+        taken += [rotation.next("cpu") for _ in range(batches)]
+    assert all(len(ids) for ids in taken)
+    flat = torch.cat(taken).tolist()
+    assert set(flat) == set(range(1, n))  # every id once an epoch, 0 (padding) never
+    if batches * world <= n - 1:
+        assert len(flat) == n - 1  # and no id twice

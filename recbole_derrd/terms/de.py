@@ -56,6 +56,7 @@ class DE(DistillationTerm):
         self.batches_per_epoch = None
         self._generator = torch.Generator()
         self._user_rotation = self._item_rotation = None
+        self.rank, self.world_size = 0, 1
 
     @classmethod
     def from_config(cls, config, context):
@@ -86,6 +87,7 @@ class DE(DistillationTerm):
 
     def prepare(self, context, train_matrix):
         self.batches_per_epoch = context.batches_per_epoch
+        self.rank, self.world_size = _rank_and_world_size()
 
     def start_epoch(self, epoch):
         self.tau = tau_at_epoch(epoch, self.tau_start, self.tau_end, self.anneal_epochs)
@@ -94,8 +96,9 @@ class DE(DistillationTerm):
         if self.rows == "epoch":
             if not self.batches_per_epoch:
                 raise RuntimeError("de_rows='epoch' needs the batches per epoch; use prepare_distillation")
-            self._user_rotation = _Rotation(self.n_users, self.batches_per_epoch, self._generator)
-            self._item_rotation = _Rotation(self.n_items, self.batches_per_epoch, self._generator)
+            shares = (self.batches_per_epoch, self.rank, self.world_size)
+            self._user_rotation = _Rotation(self.n_users, self._generator, *shares)
+            self._item_rotation = _Rotation(self.n_items, self._generator, *shares)
 
     def raw_loss(self, batch):
         if self.reference:
@@ -137,18 +140,30 @@ class DE(DistillationTerm):
         return loss if row_weight == 1 else loss * row_weight
 
 
-class _Rotation:
-    """All ids 1..n-1 (0 is RecBole's padding) in a random order, handed out in B nearly equal
-    consecutive slices; a batch beyond the B-th starts over from the top."""
+def _rank_and_world_size():
+    import torch.distributed as dist
 
-    def __init__(self, n, batches, generator):
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _Rotation:
+    """All ids 1..n-1 (0 is RecBole's padding) in a random order, cut into B x W nearly equal
+    slices (B batches per epoch on each of W ranks); batch b of rank r takes slice b * W + r, so
+    the ranks together distil every id once per epoch (every rank draws the same order: the
+    generator is seeded by (seed, epoch)).  A batch beyond the B-th starts over from the top."""
+
+    def __init__(self, n, generator, batches, rank=0, world_size=1):
         self.order = torch.randperm(n - 1, generator=generator) + 1
-        self.size = max(1, math.ceil((n - 1) / batches))
-        self.start = 0
+        self.slices = batches * world_size
+        self.rank, self.world_size = rank, world_size
+        self.batch = 0
 
     def next(self, device):
-        if self.start >= len(self.order):
-            self.start = 0
-        ids = self.order[self.start:self.start + self.size]
-        self.start += self.size
-        return ids.to(device)
+        index = (self.batch * self.world_size + self.rank) % self.slices
+        self.batch += 1
+        count = len(self.order)
+        if self.slices > count:  # fewer ids than slices: one id each, taking turns
+            return self.order[index % count:index % count + 1].to(device)
+        return self.order[index * count // self.slices:(index + 1) * count // self.slices].to(device)
