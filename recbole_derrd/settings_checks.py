@@ -21,7 +21,7 @@ from recbole_derrd.terms.base import positive_int
 POSITIVE_INTEGER_KEYS = ("epochs", "train_batch_size", "eval_batch_size", "eval_step")
 #: keys RecBole or the plugin read without a yaml default.
 EXTRA_KNOWN_KEYS = ("resume", "benchmark_filename", "nproc", "world_size", "ip", "port", "offset",
-                    "config_files", "model", "dataset")
+                    "config_files", "model", "dataset", "valid_negatives")
 
 
 def check_counts(config):
@@ -79,6 +79,9 @@ def check_teacher_tuning(config):
 
 
 def check_run_settings(config):
+    from recbole_derrd.trainer import valid_negatives
+
+    valid_negatives(config)
     check_counts(config)
     warn_about_typos(config)
     check_output_folders(config)

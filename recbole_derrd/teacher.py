@@ -37,7 +37,7 @@ from recbole.utils import init_seed
 from recbole_derrd.checkpoints import CheckpointError, atomic_save, load_checkpoint
 from recbole_derrd.distributed import barrier, is_main_process
 from recbole_derrd.config import stock_model_yaml
-from recbole_derrd.trainer import last_checkpoint_path, safe_trainer
+from recbole_derrd.trainer import last_checkpoint_path, safe_trainer, valid_negatives
 
 CACHE_FORMAT = 1
 TRAINING_KEYS = (
@@ -110,11 +110,14 @@ def cache_description(tconfig, fingerprint):
     """Everything the cache key covers, as a JSON-able dict (also stored in the cache file)."""
     model = tconfig["model"]
     keys = sorted(set(stock_model_yaml(model)) | set(TRAINING_KEYS) | set(DATASET_KEYS))
+    settings = {k: tconfig[k] for k in keys}
+    if valid_negatives(tconfig) != "redraw":  # only then: keys of existing caches stay valid
+        settings["valid_negatives"] = valid_negatives(tconfig)
     return _plain({
         "format": CACHE_FORMAT,
         "teacher_model": model,
         "dataset": tconfig["dataset"],
-        "settings": {k: tconfig[k] for k in keys},
+        "settings": settings,
         "data": fingerprint,
     })
 

@@ -74,6 +74,7 @@ class SafeCheckpointMixin:
     """
 
     def __init__(self, config, model):
+        valid_negatives(config)  # a bad value fails before anything trains
         super().__init__(config, model)
         self.saved_model_file = unique_checkpoint_name(self.saved_model_file)
         self._resumed = False
@@ -99,11 +100,22 @@ class SafeCheckpointMixin:
             checkpoint_file = model_file or self.saved_model_file
             self._load_into_model(checkpoint_file)
             self.logger.info("Loading model structure and parameters from {}".format(checkpoint_file))
+        fixed = eval_data is not None and eval_data is getattr(self, "_valid_source", None) \
+            and valid_negatives(self.config) == "fixed"
         if eval_data and not self.config["single_spec"]:
-            return self._evaluate_every_user_on_every_rank(eval_data, show_progress)
+            return self._evaluate_every_user_on_every_rank(eval_data, show_progress, fixed)
+        if fixed:
+            eval_data = self._fixed_candidates(eval_data)
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 
-    def _evaluate_every_user_on_every_rank(self, eval_data, show_progress):
+    def _fixed_candidates(self, loader):
+        """``valid_negatives: fixed``: the loader's batches drawn once, then reused."""
+        cache = self.__dict__.setdefault("_fixed_loaders", {})
+        if id(loader) not in cache:
+            cache[id(loader)] = (loader, FixedCandidates.of(loader, self.config["seed"]))
+        return cache[id(loader)][1]
+
+    def _evaluate_every_user_on_every_rank(self, eval_data, show_progress, fixed=False):
         """Under DDP, RecBole splits the users over the ranks (its DistributedSampler pads the
         shares by repeating users), weights each rank's metrics by its number of *batches*, and
         draws sampled negatives from each rank's own RNG, so the metrics change with the number
@@ -111,6 +123,8 @@ class SafeCheckpointMixin:
         is the single-process one, identical on every rank (so early stopping agrees too).
         Rank 0's numpy stream advances as in one process; the other ranks keep their own."""
         loader = self._undistributed_loader(eval_data)
+        if fixed:  # every rank draws the same candidates from the same seeded stream
+            loader = self._fixed_candidates(loader)
         own_state = np.random.get_state()
         np.random.set_state(broadcast_numpy_state(own_state))
         self._whole_pass = True
@@ -199,6 +213,7 @@ class SafeCheckpointMixin:
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None, resume_checkpoint=None):
         resume = self.config["resume"]
+        self._valid_source = valid_data  # what valid_negatives: fixed applies to
         clock_start = time.perf_counter() - self.setup_seconds
         if resume:
             self.resume_checkpoint(resume, train_data=train_data, checkpoint=resume_checkpoint)
@@ -262,6 +277,61 @@ class SafeCheckpointMixin:
             self.seconds_to_best = _seconds(checkpoint.get("seconds_to_best"))
         self._resumed = True
         self.logger.info("Checkpoint loaded. Resume training from epoch {}".format(self.start_epoch))
+
+
+#: ``valid_negatives``: RecBole redraws a sampled validation's negatives at every evaluation;
+#: ``fixed`` draws them once per run (see :class:`FixedCandidates`).
+VALID_NEGATIVES = ("redraw", "fixed")
+
+
+def valid_negatives(config):
+    """The run's ``valid_negatives`` (not set: ``redraw``, RecBole's behaviour)."""
+    value = config["valid_negatives"] if "valid_negatives" in config else None
+    value = "redraw" if value is None else value
+    if value not in VALID_NEGATIVES:
+        raise ValueError("valid_negatives=%r must be one of %s" % (value, VALID_NEGATIVES))
+    return value
+
+
+class FixedCandidates:
+    """A sampled-evaluation loader's batches, drawn once and replayed at every pass.
+
+    RecBole draws a sampled validation's negatives (``uni499``, ...) again at every evaluation,
+    from the global numpy stream, one sampler call per user: on CiteULike that costs more than
+    the scoring, and more than the student's five training epochs between two evaluations;
+    and every epoch is judged on other candidates.  Here the candidates are drawn once per run,
+    from a stream seeded by ``seed`` alone, with the global numpy state saved and restored around
+    the draw: validation then draws nothing from the global stream, so the training negatives
+    do not depend on how often the run evaluates, and a resumed run validates on the same
+    candidates.  Loaders without sampled negatives (full ranking) are returned unchanged.
+    """
+
+    #: offset of the candidates' seed from the run's seed (any fixed number works)
+    SEED_OFFSET = 7919
+
+    def __init__(self, loader, batches):
+        self._dataset = loader._dataset
+        self.loader = loader
+        self.batches = batches
+
+    @classmethod
+    def of(cls, loader, seed):
+        args = getattr(loader, "neg_sample_args", None) or {}
+        if args.get("distribution", "none") == "none" or args.get("sample_num", "none") == "none":
+            return loader
+        state = np.random.get_state()
+        try:
+            np.random.seed((int(seed) + cls.SEED_OFFSET) % (2 ** 32))
+            batches = list(loader)
+        finally:
+            np.random.set_state(state)
+        return cls(loader, batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
 
 
 def _seconds(value):
