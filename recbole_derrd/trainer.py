@@ -298,8 +298,7 @@ class FixedCandidates:
 
     RecBole draws a sampled validation's negatives (``uni499``, ...) again at every evaluation,
     from the global numpy stream, one sampler call per user: on CiteULike that costs more than
-    the scoring, and more than the student's five training epochs between two evaluations;
-    and every epoch is judged on other candidates.  Here the candidates are drawn once per run,
+    the scoring itself; and every epoch is judged on other candidates.  Here the candidates are drawn once per run,
     from a stream seeded by ``seed`` alone, with the global numpy state saved and restored around
     the draw: validation then draws nothing from the global stream, so the training negatives
     do not depend on how often the run evaluates, and a resumed run validates on the same
