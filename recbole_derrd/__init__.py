@@ -15,7 +15,7 @@ from recbole_derrd.registration import PLUGIN_MODELS, register  # noqa: E402
 register()
 
 from recbole_derrd.config import protocol_file, tuning_file  # noqa: E402
-from recbole_derrd.model import CD, DE, DERRD, RD, RRD, DistilledRecommender  # noqa: E402
+from recbole_derrd.model import CD, DE, DERRD, IRRRD, RD, RRD, DistilledRecommender  # noqa: E402
 from recbole_derrd.distillation_trainer import DistillationTrainer  # noqa: E402
 from recbole_derrd.trainer import safe_trainer_class  # noqa: E402
 

@@ -100,6 +100,14 @@ class BackboneAdapter:
         """[U] users -> [U, n_items] scores over the whole catalogue (teacher ranking)."""
         raise NotImplementedError
 
+    def item_side_score(self, items, users):
+        """[I] items and [I, Y] users -> [I, Y] ranking scores (the item-side terms, e.g. IR).
+
+        The default scores the (user, item) pairs one by one through :meth:`score`; adapters
+        whose scores are dot products swap the two tables instead."""
+        flat_items = items.unsqueeze(1).expand_as(users).reshape(-1, 1)
+        return self.score(users.reshape(-1), flat_items).view(users.shape)
+
     def score_tables(self):
         """(user table [n_users, d], item table [n_items, d]) when scores are their dot
         products, else None (then inference goes through :meth:`all_scores`)."""
@@ -131,6 +139,10 @@ class MFAdapter(BackboneAdapter):
 
     def all_scores(self, users):
         return self.model.user_embedding(users) @ self.model.item_embedding.weight.t()
+
+    def item_side_score(self, items, users):
+        return gathered_dot(self.model.item_embedding.weight, self.model.user_embedding.weight,
+                            items, users)
 
     def score_tables(self):
         return self.model.user_embedding.weight, self.model.item_embedding.weight
@@ -170,6 +182,10 @@ class LightGCNAdapter(MFAdapter):
     def all_scores(self, users):
         user_all, item_all = self._propagated()
         return user_all[users] @ item_all.t()
+
+    def item_side_score(self, items, users):
+        user_all, item_all = self._propagated()
+        return gathered_dot(item_all, user_all, items, users)
 
     def score_tables(self):
         return self._propagated()

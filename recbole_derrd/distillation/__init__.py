@@ -2,7 +2,7 @@
 
 from recbole_derrd.distillation.experts import DistillationExperts, gumbel_softmax, tau_at_epoch
 from recbole_derrd.distillation.rrd import reference_relaxed_ranking_loss, relaxed_ranking_loss
-from recbole_derrd.distillation.ranking import teacher_top_n, RRDSampler
+from recbole_derrd.distillation.ranking import teacher_top_n, teacher_top_users, RRDSampler
 
 __all__ = [
     "DistillationExperts",
@@ -11,5 +11,6 @@ __all__ = [
     "reference_relaxed_ranking_loss",
     "relaxed_ranking_loss",
     "teacher_top_n",
+    "teacher_top_users",
     "RRDSampler",
 ]

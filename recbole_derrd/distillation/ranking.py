@@ -13,18 +13,19 @@ import torch
 SCORE_CHUNK_ELEMENTS = 1 << 24
 
 
-def check_room(train_counts, n_items, needed, what, user_label=str):
+def check_room(train_counts, n_items, needed, what, user_label=str, rows="user", cols="item"):
     """Every user must have ``needed`` items that are neither training items nor padding.
 
-    ``user_label`` turns an internal user id into what the message shows (e.g. its token).
+    ``user_label`` turns an internal user id into what the message shows (e.g. its token);
+    ``rows`` / ``cols`` name the two sides (the item-side lists swap them).
     """
     room = (n_items - 1) - train_counts
     worst = int(np.argmin(room)) if len(room) else 0
     if len(room) and room[worst] < needed:
         raise ValueError(
-            "%s needs %d unobserved items per user, but user %s has only %d "
-            "(n_items - 1 - its %d training items)"
-            % (what, needed, user_label(worst), room[worst], train_counts[worst])
+            "%s needs %d unobserved %ss per %s, but %s %s has only %d "
+            "(n_%ss - 1 - its %d training %ss)"
+            % (what, needed, cols, rows, rows, user_label(worst), room[worst], cols, train_counts[worst], cols)
         )
 
 
@@ -65,6 +66,37 @@ def teacher_top_n(score_fn, train_matrix, n, device="cpu", chunk_elements=SCORE_
     return top
 
 
+@torch.no_grad()
+def teacher_top_users(score_fn, train_matrix, n, device="cpu", chunk_elements=SCORE_CHUNK_ELEMENTS):
+    """Per item, the ``n`` best-scored users that did not interact with it (nor the padding user 0).
+
+    The item-side counterpart of :func:`teacher_top_n` from the same ``score_fn`` (users ->
+    [users, n_items] scores): users go in chunks and every item keeps a running top-n of the
+    users seen so far, so no users x items matrix is ever held.
+
+    Returns:
+        int64 numpy array [n_items, n], best first (row 0, the padding item, is meaningless).
+    """
+    n_users, n_items = train_matrix.shape
+    counts = np.bincount(train_matrix.indices, minlength=n_items)
+    check_room(counts[1:], n_users, n, "ir_top_n=%d" % n, lambda i: str(i + 1), rows="item", cols="user")
+    chunk = max(1, chunk_elements // max(n_items, 1))
+    best_scores = torch.empty((n_items, 0), device=device)
+    best_users = torch.empty((n_items, 0), dtype=torch.long, device=device)
+    for start in range(0, n_users, chunk):
+        end = min(start + chunk, n_users)
+        users = torch.arange(start, end, device=device)
+        scores = score_fn(users).float()
+        mask_pairs(scores, train_matrix, start)
+        if start == 0:
+            scores[0] = -torch.inf
+        candidates = torch.cat([best_scores, scores.t()], 1)
+        candidate_users = torch.cat([best_users, users.expand(n_items, -1)], 1)
+        top = torch.topk(candidates, min(n, candidates.shape[1]), dim=1)
+        best_scores, best_users = top.values, torch.gather(candidate_users, 1, top.indices)
+    return best_users.cpu().numpy()
+
+
 def _row_duplicates(values):
     """Boolean mask of entries equal to an earlier-sorted entry of the same row ([R, L] tensor)."""
     ordered, order = torch.sort(values, dim=1, stable=True)
@@ -95,9 +127,13 @@ class RRDSampler:
     USER_BLOCK = 1 << 16
 
     def __init__(self, top_n, train_matrix, num_interesting=40, num_uninteresting=40,
-                 temperature=10.0, mode="sample", seed=0):
+                 temperature=10.0, mode="sample", seed=0, prefix="rrd", stream=None):
+        """``prefix`` names the keys in messages (``ir`` for the item-side lists, whose rows
+        are items and columns users); ``stream`` separates the draws of two samplers with one
+        seed (None: the RRD lists' own stream)."""
+        self.prefix, self.stream = prefix, stream
         if mode not in ("sample", "top"):
-            raise ValueError("rrd_sampling=%r must be 'sample' or 'top'" % (mode,))
+            raise ValueError("%s_sampling=%r must be 'sample' or 'top'" % (prefix, mode))
         self.n_items = train_matrix.shape[1]
         # item ids fit int32 for any catalogue RecBole can hold; halves the [users, N] tables.
         id_type = np.int32 if self.n_items < 2 ** 31 else np.int64
@@ -108,15 +144,16 @@ class RRDSampler:
         self.mode = mode
         self.seed = seed
         if not 1 <= self.k <= self.n:
-            raise ValueError("rrd_k=%d must be between 1 and rrd_top_n=%d" % (self.k, self.n))
+            raise ValueError("%s_k=%d must be between 1 and %s_top_n=%d" % (prefix, self.k, prefix, self.n))
         if self.l < 1:
-            raise ValueError("rrd_l=%d must be >= 1" % self.l)
+            raise ValueError("%s_l=%d must be >= 1" % (prefix, self.l))
         if temperature <= 0:
-            raise ValueError("rrd_temperature=%r must be > 0" % (temperature,))
+            raise ValueError("%s_temperature=%r must be > 0" % (prefix, temperature))
         train_matrix = train_matrix.tocsr()
         train_matrix.sort_indices()
+        sides = {} if prefix == "rrd" else {"rows": "item", "cols": "user"}
         check_room(np.diff(train_matrix.indptr), self.n_items, self.n + self.l,
-                   "rrd_top_n + rrd_l = %d" % (self.n + self.l))
+                   "%s_top_n + %s_l = %d" % (prefix, prefix, self.n + self.l), **sides)
         # -log p(rank) up to a constant, rank = 1..N
         self.neg_log_p = np.arange(1, self.n + 1, dtype=np.float32) / np.float32(temperature)
         # Training positives as compact CSR (indptr + sorted int32 item ids); membership of
@@ -179,7 +216,8 @@ class RRDSampler:
 
     def sample(self, epoch):
         """Return (interesting [n_users, K], uninteresting [n_users, L]) int64 item-id arrays."""
-        rng = np.random.default_rng([int(self.seed), int(epoch)])
+        entropy = [int(self.seed), int(epoch)] + ([] if self.stream is None else [int(self.stream)])
+        rng = np.random.default_rng(entropy)
         interesting = np.empty((self.n_users, self.k), dtype=np.int64)
         uninteresting = np.empty((self.n_users, self.l), dtype=np.int64)
         for start in range(0, self.n_users, self.USER_BLOCK):

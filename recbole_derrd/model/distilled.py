@@ -24,6 +24,7 @@ from recbole_derrd.backbones import adapter_for
 from recbole_derrd.config import check_backbone_sizes, teacher_config
 from recbole_derrd.terms import CD as CDTerm
 from recbole_derrd.terms import DE as DETerm
+from recbole_derrd.terms import IR as IRTerm
 from recbole_derrd.terms import RD as RDTerm
 from recbole_derrd.terms import RRD as RRDTerm
 from recbole_derrd.terms import Batch, DistillationContext
@@ -42,10 +43,12 @@ class FrozenTeacher:
         return self
 
 
-def user_token_label(dataset):
-    """Internal user id -> ``'<token>' (internal id N)`` for messages."""
+def user_token_label(dataset, field=None):
+    """Internal user (or ``field``'s) id -> ``'<token>' (internal id N)`` for messages."""
+    field = field or dataset.uid_field
+
     def label(uid):
-        return "%r (internal id %d)" % (str(dataset.id2token(dataset.uid_field, uid)), uid)
+        return "%r (internal id %d)" % (str(dataset.id2token(field, uid)), uid)
     return label
 
 
@@ -87,7 +90,9 @@ class DistilledRecommender(GeneralRecommender):
         self.kd_reduction = one_of(config, "kd_reduction", KD_REDUCTIONS)
         self.context = DistillationContext(
             self.student_adapter, self.teacher_adapter, self.n_users, self.n_items, config["seed"],
-            config["device"], self.training_counts(dataset), user_token_label(dataset))
+            config["device"], self.training_counts(dataset), user_token_label(dataset),
+            item_counts=np.bincount(dataset.inter_feat[self.ITEM_ID].numpy(), minlength=self.n_items),
+            item_label=user_token_label(dataset, dataset.iid_field))
         self.distillation_terms = [term.from_config(config, self.context) for term in self.terms]
         for term in self.distillation_terms:
             for name, module in term.modules().items():
@@ -210,3 +215,11 @@ class CD(DistilledRecommender):
 
     terms = (CDTerm,)
     property_files = ("distillation.yaml", "model/CD.yaml")
+
+
+class IRRRD(DistilledRecommender):
+    """Student trained with RRD plus the item-side ranking regularizer IR (Kang et al.,
+    Information Sciences 2021): the teacher's ranking of items per user and of users per item."""
+
+    terms = (RRDTerm, IRTerm)
+    property_files = ("distillation.yaml", "model/RRD.yaml", "model/IR.yaml")

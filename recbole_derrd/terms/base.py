@@ -72,7 +72,8 @@ def one_of(config, key, allowed):
 class DistillationContext:
     """The student's and the teacher's adapters and the facts about the data a term may use."""
 
-    def __init__(self, student, teacher, n_users, n_items, seed, device, train_counts, user_label):
+    def __init__(self, student, teacher, n_users, n_items, seed, device, train_counts, user_label,
+                 item_counts=None, item_label=str):
         self.student = student  # BackboneAdapter
         self.teacher = teacher  # BackboneAdapter
         self.n_users = n_users
@@ -81,6 +82,8 @@ class DistillationContext:
         self.device = device
         self.train_counts = train_counts  # [n_users] numpy: training interactions per user
         self.user_label = user_label  # internal user id -> text for messages (its token)
+        self.item_counts = item_counts  # [n_items] numpy: training interactions per item
+        self.item_label = item_label  # internal item id -> text for messages
         self.batches_per_epoch = None  # training batches per epoch, known once the loader is (prepare)
 
     def teacher_ranking(self, train_matrix, depth):
@@ -98,6 +101,8 @@ class Batch:
         self.users = users
         self.positives = positives
         self.negatives = negatives
+        #: [users, K + L] items the RRD term ranked for these users (set by it; IR reads it)
+        self.ranked_items = None
 
 
 class DistillationTerm:

@@ -1,6 +1,5 @@
 """DE (Distillation Experts): the student's representations mapped into the teacher's space."""
 
-import math
 
 import torch
 

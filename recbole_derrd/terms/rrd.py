@@ -60,5 +60,6 @@ class RRD(DistillationTerm):
         if self.lists is None:
             raise RuntimeError("RRD must be trained with its DistillationTrainer (no RRD lists)")
         items = self.lists.index_select(0, batch.users)
+        batch.ranked_items = items  # what an item-side term in the same model regularises (IR)
         scores = self.student.score(batch.users, items)
         return self.loss_function(scores[:, : self.k], scores[:, self.k:])

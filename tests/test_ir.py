@@ -1,0 +1,115 @@
+"""IR, the item-side ranking regularizer of IR-RRD: the teacher's top users per item, the
+per-item lists, the item-side scores and the loss, against hand computations and end to end."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_model, init_seed
+
+import recbole_derrd
+from recbole_derrd.distillation import relaxed_ranking_loss, teacher_top_users
+from recbole_derrd.quick_start import run_recbole
+from recbole_derrd.teacher import prepare_distillation
+
+SMALL_IR = {"ir_top_n": 5, "ir_k": 3, "ir_l": 3}  # the tiny data's most popular item has 49 of 59 users
+
+
+@pytest.mark.parametrize("chunk_elements", [7, 40, 1 << 20])
+def test_teacher_top_users_matches_the_dense_ranking(chunk_elements):
+    rng = np.random.default_rng(0)
+    n_users, n_items, depth = 23, 11, 6
+    scores = torch.from_numpy(rng.standard_normal((n_users, n_items)).astype(np.float32))
+    train = sp.random(n_users, n_items, density=0.2, format="csr", random_state=1)
+    train.data[:] = 1
+    train[:, 0] = 0  # the padding item and user have no interactions
+    train[0, :] = 0
+    train.eliminate_zeros()
+    top = teacher_top_users(lambda users: scores[users], train, depth, chunk_elements=chunk_elements)
+    dense = scores.clone().t()
+    dense[torch.from_numpy(train.T.toarray()) > 0] = -torch.inf
+    dense[:, 0] = -torch.inf  # the padding user
+    expected = torch.topk(dense, depth, dim=1).indices.numpy()
+    assert np.array_equal(top[1:], expected[1:])
+
+
+def test_teacher_top_users_names_an_item_without_room():
+    train = sp.csr_matrix(np.array([[0, 0, 0], [0, 1, 0], [0, 1, 1], [0, 1, 0]], dtype=np.float32))
+    with pytest.raises(ValueError, match="ir_top_n=2 needs 2 unobserved users per item, but item 1 has only 0"):
+        teacher_top_users(lambda users: torch.zeros(len(users), 3), train, 2)
+
+
+def build(model, settings):
+    config = Config(model=model, config_dict=settings)
+    init_seed(config["seed"], config["reproducibility"])
+    train, valid, test = data_preparation(config, create_dataset(config))
+    init_seed(config["seed"], config["reproducibility"])
+    net = get_model(model)(config, train._dataset)
+    prepare_distillation(net, train, valid)
+    net.start_epoch(0)
+    return config, net, train
+
+
+def test_ir_lists_follow_the_teacher_and_avoid_training_users(tiny):
+    _, net, train = build("IRRRD", dict(tiny, **SMALL_IR))
+    ir = net.term("IR")
+    matrix = train._dataset.inter_matrix(form="csr")
+    teacher_scores = net.teacher_adapter.all_scores(torch.arange(net.n_users)).t()  # [items, users]
+    lists = ir.lists.numpy()
+    for item in range(1, net.n_items):
+        interesting, uninteresting = lists[item, :3], lists[item, 3:]
+        trained = set(matrix[:, item].nonzero()[0].tolist())
+        top = ir.sampler.top_n[item].tolist()
+        assert set(interesting) <= set(top) and not set(interesting) & trained
+        # in the teacher's order
+        assert all(teacher_scores[item, a] >= teacher_scores[item, b] for a, b in zip(interesting, interesting[1:]))
+        assert not set(uninteresting) & (set(top) | trained | {0}) and len(set(uninteresting)) == 3
+
+
+def test_ir_loss_by_hand_on_the_items_rrd_ranked(tiny):
+    _, net, train = build("IRRRD", dict(tiny, **SMALL_IR))
+    batch = net.batch(next(iter(train)))
+    net.term("RRD").raw_loss(batch)  # sets the items IR regularises
+    loss = net.term("IR").raw_loss(batch)
+    items = torch.unique(net.term("RRD").lists.index_select(0, batch.users))
+    users = net.term("IR").lists[items]
+    u, v = net.student.user_embedding.weight, net.student.item_embedding.weight
+    scores = (u[users] * v[items].unsqueeze(1)).sum(-1)  # the student's score of (user, item)
+    expected = relaxed_ranking_loss(scores[:, :3], scores[:, 3:])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # alone (no RRD lists on the batch), the batch's own positive and negative items
+    batch = net.batch(next(iter(train)))
+    own = torch.unique(torch.cat([batch.positives, batch.negatives]))
+    users = net.term("IR").lists[own]
+    scores = (u[users] * v[own].unsqueeze(1)).sum(-1)
+    assert net.term("IR").raw_loss(batch).item() == pytest.approx(
+        relaxed_ranking_loss(scores[:, :3], scores[:, 3:]).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("student", ["BPR", "LightGCN", "NeuMF"])
+def test_item_side_scores_are_the_pairs_scores(tiny, student):
+    sizes = {"mf_embedding_size": 8, "mlp_embedding_size": 8, "mlp_hidden_size": [16, 8],
+             "t_mf_embedding_size": 16, "t_mlp_embedding_size": 16}
+    _, net, _ = build("IRRRD", dict(tiny, student_model=student, teacher_model=student, t_epochs=1,
+                                    **SMALL_IR, **sizes))
+    net.eval()
+    items = torch.tensor([3, 7, 9])
+    users = torch.tensor([[1, 2, 5], [4, 4, 8], [10, 11, 12]])
+    side = net.student_adapter.item_side_score(items, users)
+    for row, item in enumerate(items.tolist()):
+        expected = net.student_adapter.score(users[row], torch.full((3, 1), item)).view(-1)
+        torch.testing.assert_close(side[row], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_irrrd_trains_through_recbole_and_logs_its_parts(tiny):
+    result = run_recbole("IRRRD", config_dict=dict(tiny, **SMALL_IR), saved=True)
+    assert 0 <= result["test_result"]["ndcg@10"] <= 1
+    assert recbole_derrd.IRRRD.terms[1].name == "IR"
+    with pytest.raises(ValueError, match="ir_k=30 must not exceed ir_top_n=5"):
+        build("IRRRD", dict(tiny, **dict(SMALL_IR, ir_k=30)))
+    with pytest.raises(ValueError, match="ir_top_n \\+ ir_l = 25 needs 25 unobserved users per item, but item '.+' \\(internal id 2\\)"):
+        build("IRRRD", dict(tiny, ir_top_n=20, ir_k=5, ir_l=5))
+    with pytest.raises(ValueError, match="ir_top_n \\+ ir_l = 505 needs 505 unobserved users per item"):
+        build("IRRRD", dict(tiny, ir_top_n=500, ir_k=5, ir_l=5))
