@@ -1,6 +1,5 @@
 """DE (Distillation Experts): the student's representations mapped into the teacher's space."""
 
-
 import torch
 
 from recbole_derrd.distillation import DistillationExperts, tau_at_epoch
