@@ -20,7 +20,8 @@ def ttq(monkeypatch):
 
 SMALL = ["--set=%s" % pair for pair in (
     "t_epochs=2", "embedding_size=8", "t_embedding_size=16", "de_num_experts=4", "rrd_top_n=20",
-    "rrd_k=5", "rrd_l=5", "eval_step=1", "train_batch_size=256", "state=WARNING")]
+    "rrd_k=5", "rrd_l=5", "ir_top_n=3", "ir_k=2", "ir_l=2", "eval_step=1", "train_batch_size=256",
+    "state=WARNING")]
 
 
 def test_runs_every_method_side_by_side_and_resumes(ttq, workdir, capsys):
@@ -32,18 +33,18 @@ def test_runs_every_method_side_by_side_and_resumes(ttq, workdir, capsys):
     printed = capsys.readouterr().out
     data = json.load(open(os.path.join(out, "time_to_quality.json")))
     labels = [c["label"] for c in data["cells"]]
-    assert labels == ["Student", "RRD", "DE", "DERRD", "rows-epoch", "reference"]
+    assert labels == ["Student", "RRD", "DE", "DERRD", "IRRRD", "rows-epoch", "reference"]
     for cell in data["cells"]:
         assert 0 < cell["seconds_to_best"] <= cell["fit_seconds"], cell["label"]
         assert 0 <= cell["test_result"]["ndcg@10"] <= 1
     reference = data["cells"][-1]
     assert reference["settings"]["kd_implementation"] == "reference" and reference["last_epoch"] == 0
-    assert data["cells"][4]["settings"] == {"de_rows": "epoch"}
+    assert data["cells"][5]["settings"] == {"de_rows": "epoch"}
     assert "| reference (extrapolated from 1 epochs) |" in printed and "| Student | 1 |" in printed
     assert "1.00x" in printed.split("| Student |")[1].split("\n")[0]
     # a second run finds every cell done and trains nothing
     ttq.main(argv)
-    assert capsys.readouterr().out.count("done before") == 6
+    assert capsys.readouterr().out.count("done before") == 7
 
 
 def test_summary_line_has_the_recorded_form(ttq):
