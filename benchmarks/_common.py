@@ -37,11 +37,22 @@ def matmul_rate(size=2048, repeats=5):
     return 2.0 * size ** 3 / median_seconds(lambda: torch.mm(a, b, out=out), repeats)
 
 
+def cpu_model():
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment_line(command):
     load = os.getloadavg()
-    return ("`%s` on %s (%s), torch %s, %d threads, load average before: %.2f %.2f %.2f"
-            % (command, platform.node() or "?", platform.processor() or platform.machine(),
-               torch.__version__, torch.get_num_threads(), *load))
+    return ("`%s` on %s (%s), torch %s, %d threads, load average: %.2f %.2f %.2f"
+            % (command, platform.node() or "?", cpu_model(), torch.__version__, torch.get_num_threads(), *load))
 
 
 def add_common_arguments(parser, data_path=True):

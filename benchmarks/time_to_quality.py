@@ -37,11 +37,10 @@ one-line summary that RESULTS.md records end with.
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 
-from _common import ROOT, SHARED_DATA, check_quiet, environment_line, record
+from _common import ROOT, SHARED_DATA, check_quiet, cpu_model, environment_line, record
 
 CITEULIKE_CONFIG = os.path.join(ROOT, "results", "citeulike", "citeulike-bpr.yaml")
 ML1M_SHAPE = {"users": 6040, "items": 3706, "interactions": 600000}
@@ -50,17 +49,6 @@ METHODS = ("Student", "RRD", "DE", "DERRD", "IRRRD")
 REFERENCE = "reference"
 PROTOCOL = {"eval_step": 5, "stopping_step": 4, "valid_metric": "NDCG@10",
             "metrics": ["Hit", "MRR", "NDCG"], "topk": [5, 10, 20], "show_progress": False}
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def ml1m_shaped(data_dir, shape=None, seed=0):
