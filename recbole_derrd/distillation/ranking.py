@@ -54,16 +54,23 @@ def teacher_top_n(score_fn, train_matrix, n, device="cpu", chunk_elements=SCORE_
     """
     n_users, n_items = train_matrix.shape
     check_room(np.diff(train_matrix.indptr), n_items, n, "rrd_top_n=%d" % n)
-    chunk = max(1, chunk_elements // max(n_items, 1))
     top = np.empty((n_users, n), dtype=np.int64)
+    for users, scores in _unobserved_score_chunks(score_fn, train_matrix, device, chunk_elements):
+        scores[:, 0] = -torch.inf
+        top[users.cpu().numpy()] = torch.topk(scores, n, dim=1).indices.cpu().numpy()
+    return top
+
+
+def _unobserved_score_chunks(score_fn, train_matrix, device, chunk_elements):
+    """(user ids, their [users, n_items] float scores with the training pairs at -inf), a chunk
+    of users at a time (at most ``chunk_elements`` scores), the users in order."""
+    n_users, n_items = train_matrix.shape
+    chunk = max(1, chunk_elements // max(n_items, 1))
     for start in range(0, n_users, chunk):
-        end = min(start + chunk, n_users)
-        users = torch.arange(start, end, device=device)
+        users = torch.arange(start, min(start + chunk, n_users), device=device)
         scores = score_fn(users).float()
         mask_pairs(scores, train_matrix, start)
-        scores[:, 0] = -torch.inf
-        top[start:end] = torch.topk(scores, n, dim=1).indices.cpu().numpy()
-    return top
+        yield users, scores
 
 
 @torch.no_grad()
@@ -80,16 +87,10 @@ def teacher_top_users(score_fn, train_matrix, n, device="cpu", chunk_elements=SC
     n_users, n_items = train_matrix.shape
     counts = np.bincount(train_matrix.indices, minlength=n_items)
     check_room(counts[1:], n_users, n, "ir_top_n=%d" % n, lambda i: str(i + 1), rows="item", cols="user")
-    chunk = max(1, chunk_elements // max(n_items, 1))
     best_scores = torch.empty((n_items, 0), device=device)
     best_users = torch.empty((n_items, 0), dtype=torch.long, device=device)
-    for start in range(0, n_users, chunk):
-        end = min(start + chunk, n_users)
-        users = torch.arange(start, end, device=device)
-        scores = score_fn(users).float()
-        mask_pairs(scores, train_matrix, start)
-        if start == 0:
-            scores[0] = -torch.inf
+    for users, scores in _unobserved_score_chunks(score_fn, train_matrix, device, chunk_elements):
+        scores[users == 0] = -torch.inf  # the padding user
         candidates = torch.cat([best_scores, scores.t()], 1)
         candidate_users = torch.cat([best_users, users.expand(n_items, -1)], 1)
         top = torch.topk(candidates, min(n, candidates.shape[1]), dim=1)
@@ -127,11 +128,11 @@ class RRDSampler:
     USER_BLOCK = 1 << 16
 
     def __init__(self, top_n, train_matrix, num_interesting=40, num_uninteresting=40,
-                 temperature=10.0, mode="sample", seed=0, prefix="rrd", stream=None):
-        """``prefix`` names the keys in messages (``ir`` for the item-side lists, whose rows
-        are items and columns users); ``stream`` separates the draws of two samplers with one
-        seed (None: the RRD lists' own stream)."""
-        self.prefix, self.stream = prefix, stream
+                 temperature=10.0, mode="sample", seed=0, prefix="rrd", sides=("user", "item"), stream=None):
+        """``prefix`` names the keys in messages, ``sides`` what the rows and columns are
+        (``("item", "user")`` for the item-side lists); ``stream`` separates the draws of two
+        samplers with one seed (None: the RRD lists' own stream)."""
+        self.stream = stream
         if mode not in ("sample", "top"):
             raise ValueError("%s_sampling=%r must be 'sample' or 'top'" % (prefix, mode))
         self.n_items = train_matrix.shape[1]
@@ -151,9 +152,8 @@ class RRDSampler:
             raise ValueError("%s_temperature=%r must be > 0" % (prefix, temperature))
         train_matrix = train_matrix.tocsr()
         train_matrix.sort_indices()
-        sides = {} if prefix == "rrd" else {"rows": "item", "cols": "user"}
         check_room(np.diff(train_matrix.indptr), self.n_items, self.n + self.l,
-                   "%s_top_n + %s_l = %d" % (prefix, prefix, self.n + self.l), **sides)
+                   "%s_top_n + %s_l = %d" % (prefix, prefix, self.n + self.l), rows=sides[0], cols=sides[1])
         # -log p(rank) up to a constant, rank = 1..N
         self.neg_log_p = np.arange(1, self.n + 1, dtype=np.float32) / np.float32(temperature)
         # Training positives as compact CSR (indptr + sorted int32 item ids); membership of

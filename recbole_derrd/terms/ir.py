@@ -34,16 +34,16 @@ class IR(RankedListsTerm):
         settings = cls.list_settings(config)
         top_n, l = settings[1], settings[3]
         # fail before the teacher is trained if some item cannot get N + L distinct users
-        if context.item_counts is not None:
-            check_room(context.item_counts[1:], context.n_users, top_n + l, "ir_top_n + ir_l = %d" % (top_n + l),
-                       lambda i: context.item_label(i + 1), rows="item", cols="user")
+        check_room(context.item_counts[1:], context.n_users, top_n + l, "ir_top_n + ir_l = %d" % (top_n + l),
+                   lambda i: context.item_label(i + 1), rows="item", cols="user")
         return cls(context, *settings)
 
     def prepare(self, context, train_matrix):
         if self.sampler is None:
             top = teacher_top_users(context.teacher.all_scores, train_matrix, self.top_n, device=context.device)
             self.sampler = RRDSampler(top, train_matrix.T.tocsr(), self.k, self.l, self.temperature,
-                                      mode=self.sampling, seed=context.seed, prefix="ir", stream=IR_STREAM)
+                                      mode=self.sampling, seed=context.seed, prefix="ir", sides=("item", "user"),
+                                      stream=IR_STREAM)
             self.device = context.device
 
     def raw_loss(self, batch):
