@@ -43,12 +43,10 @@ class FrozenTeacher:
         return self
 
 
-def user_token_label(dataset, field=None):
-    """Internal user (or ``field``'s) id -> ``'<token>' (internal id N)`` for messages."""
-    field = field or dataset.uid_field
-
-    def label(uid):
-        return "%r (internal id %d)" % (str(dataset.id2token(field, uid)), uid)
+def token_label(dataset, field):
+    """Internal id of ``field`` (users, items) -> ``'<token>' (internal id N)`` for messages."""
+    def label(internal_id):
+        return "%r (internal id %d)" % (str(dataset.id2token(field, internal_id)), internal_id)
     return label
 
 
@@ -90,9 +88,9 @@ class DistilledRecommender(GeneralRecommender):
         self.kd_reduction = one_of(config, "kd_reduction", KD_REDUCTIONS)
         self.context = DistillationContext(
             self.student_adapter, self.teacher_adapter, self.n_users, self.n_items, config["seed"],
-            config["device"], self.training_counts(dataset), user_token_label(dataset),
-            item_counts=np.bincount(dataset.inter_feat[self.ITEM_ID].numpy(), minlength=self.n_items),
-            item_label=user_token_label(dataset, dataset.iid_field))
+            config["device"], self.training_counts(dataset, self.USER_ID, self.n_users),
+            token_label(dataset, self.USER_ID), self.training_counts(dataset, self.ITEM_ID, self.n_items),
+            token_label(dataset, self.ITEM_ID))
         self.distillation_terms = [term.from_config(config, self.context) for term in self.terms]
         for term in self.distillation_terms:
             for name, module in term.modules().items():
@@ -119,9 +117,10 @@ class DistilledRecommender(GeneralRecommender):
                 return term
         raise KeyError("%s has no %s term" % (type(self).__name__, name))
 
-    def training_counts(self, dataset):
-        """Training interactions per user id ([n_users] numpy), for the list-length checks."""
-        return np.bincount(dataset.inter_feat[self.USER_ID].numpy(), minlength=self.n_users)
+    @staticmethod
+    def training_counts(dataset, field, size):
+        """Training interactions per id of ``field`` ([size] numpy), for the list-length checks."""
+        return np.bincount(dataset.inter_feat[field].numpy(), minlength=size)
 
     def prepare_terms(self, train_data):
         """Let every term precompute what depends on the (ready) teacher; idempotent."""

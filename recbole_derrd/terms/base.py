@@ -73,7 +73,7 @@ class DistillationContext:
     """The student's and the teacher's adapters and the facts about the data a term may use."""
 
     def __init__(self, student, teacher, n_users, n_items, seed, device, train_counts, user_label,
-                 item_counts=None, item_label=str):
+                 item_counts, item_label):
         self.student = student  # BackboneAdapter
         self.teacher = teacher  # BackboneAdapter
         self.n_users = n_users
