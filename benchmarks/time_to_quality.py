@@ -120,6 +120,7 @@ def rows_to_run(args):
 
 
 def run(args):
+    from recbole_derrd.atomic import atomic_write_text
     from recbole_derrd.harness.comparison import prepare_seed_teacher, run_cell
 
     dataset, files, settings = run_settings(args)
@@ -139,14 +140,11 @@ def run(args):
             cell = run_cell(method, seed, dataset, files, dict(settings, **extra), folder)
             cell = {k: v for k, v in cell.items() if k != "per_user"}
             cell.update(label=label, settings=extra)
-            os.makedirs(folder, exist_ok=True)
-            with open(path + ".tmp", "w") as handle:
-                json.dump(cell, handle)
-            os.replace(path + ".tmp", path)
+            atomic_write_text(path, json.dumps(cell))  # a half-written cell never counts as done
             cells[(label, seed)] = cell
-    with open(os.path.join(args.out_dir, "time_to_quality.json"), "w") as handle:
-        json.dump({"dataset": args.dataset, "seeds": seeds, "reference_epochs": args.reference_epochs,
-                   "cells": list(cells.values())}, handle, indent=1)
+    atomic_write_text(os.path.join(args.out_dir, "time_to_quality.json"), json.dumps(
+        {"dataset": args.dataset, "seeds": seeds, "reference_epochs": args.reference_epochs,
+         "cells": list(cells.values())}, indent=1))
     return table(cells, seeds, args.dataset, args.reference_epochs)
 
 

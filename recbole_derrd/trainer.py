@@ -88,6 +88,8 @@ class SafeCheckpointMixin:
         #: continues the clock of the run it resumes (time to quality, issue 17).
         self.seconds_to_best = None
         self.fit_seconds = None
+        #: the validation loader of the current fit (what ``valid_negatives: fixed`` applies to)
+        self._valid_source = None
 
     def _load_into_model(self, checkpoint_file, checkpoint=None):
         if checkpoint is None:
@@ -100,7 +102,7 @@ class SafeCheckpointMixin:
             checkpoint_file = model_file or self.saved_model_file
             self._load_into_model(checkpoint_file)
             self.logger.info("Loading model structure and parameters from {}".format(checkpoint_file))
-        fixed = eval_data is not None and eval_data is getattr(self, "_valid_source", None) \
+        fixed = eval_data is not None and eval_data is self._valid_source \
             and valid_negatives(self.config) == "fixed"
         if eval_data and not self.config["single_spec"]:
             return self._evaluate_every_user_on_every_rank(eval_data, show_progress, fixed)
@@ -213,7 +215,7 @@ class SafeCheckpointMixin:
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None, resume_checkpoint=None):
         resume = self.config["resume"]
-        self._valid_source = valid_data  # what valid_negatives: fixed applies to
+        self._valid_source = valid_data
         clock_start = time.perf_counter() - self.setup_seconds
         if resume:
             self.resume_checkpoint(resume, train_data=train_data, checkpoint=resume_checkpoint)

@@ -314,7 +314,7 @@ def markdown(summary, title):
             cells.append("**%s**" % text if best else text)
         seconds = "-" if row["train_seconds"] is None else "%.0f" % row["train_seconds"]
         seconds += ("*" if row["resumed"] else "") + ("+" if row["continued"] else "")
-        to_best = "-" if row.get("seconds_to_best") is None else "%.0f" % row["seconds_to_best"]
+        to_best = "-" if row["seconds_to_best"] is None else "%.0f" % row["seconds_to_best"]
         rows.append([row["method"], format(row["parameters"], ",")] + cells
                     + [_gap_text(row["gap_valid"]), _gap_text(row["gap_test"]), seconds, to_best,
                        ", ".join(row["epochs"])])
@@ -362,7 +362,7 @@ def write_outputs(summary, cells, out_dir, title):
                         + ["%.6f" % row["std"][m] for m in summary["metrics"]]
                         + [int(row["resumed"])]
                         + ["" if row[k] is None else "%.6f" % row[k] for k in ("gap_valid", "gap_test")]
-                        + ["" if row.get("seconds_to_best") is None else "%.2f" % row["seconds_to_best"]])
+                        + ["" if row["seconds_to_best"] is None else "%.2f" % row["seconds_to_best"]])
     paths["csv"] = atomic_write_text(os.path.join(out_dir, "comparison.csv"), table.getvalue())
     paths["json"] = atomic_write_text(os.path.join(out_dir, "comparison.json"), json.dumps(
         {"title": title, **{k: v for k, v in summary.items()},
