@@ -111,8 +111,9 @@ def cache_description(tconfig, fingerprint):
     model = tconfig["model"]
     keys = sorted(set(stock_model_yaml(model)) | set(TRAINING_KEYS) | set(DATASET_KEYS))
     settings = {k: tconfig[k] for k in keys}
-    if valid_negatives(tconfig) != "redraw":  # only then: keys of existing caches stay valid
-        settings["valid_negatives"] = valid_negatives(tconfig)
+    negatives = valid_negatives(tconfig)
+    if negatives != "redraw":  # only then: keys of existing caches stay valid
+        settings["valid_negatives"] = negatives
     return _plain({
         "format": CACHE_FORMAT,
         "teacher_model": model,
