@@ -32,6 +32,8 @@ one-line summary that RESULTS.md records end with.
     python benchmarks/time_to_quality.py --dataset ml1m-shaped --epochs 60 --reference_epochs 5 \\
         --out_dir runs/ttq-ml1m
     python benchmarks/time_to_quality.py --summary runs/ttq-citeulike runs/ttq-ml1m
+
+``--methods Student,DERRD`` runs a subset (the student alone is always among them).
 """
 
 import argparse
@@ -107,9 +109,23 @@ def parse_variants(texts):
     return variants
 
 
+def parse_methods(text, reference_epochs, no_reference):
+    """'Student,DERRD' -> the chosen methods in table order (the student alone always included:
+    every ratio is over it; DE-RRD too when the reference is extrapolated from its epochs)."""
+    chosen = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = sorted(set(chosen) - set(METHODS))
+    if unknown:
+        sys.exit("--methods: unknown %s; choose from %s" % (", ".join(unknown), ",".join(METHODS)))
+    if "Student" not in chosen:
+        sys.exit("--methods: Student is required (every ratio is over the student alone)")
+    if reference_epochs and not no_reference and "DERRD" not in chosen:
+        sys.exit("--methods: DERRD is required when --reference_epochs extrapolates from its epochs")
+    return tuple(m for m in METHODS if m in chosen)
+
+
 def rows_to_run(args):
     """[(label, method, extra settings)] in table order."""
-    rows = [(m, m, {}) for m in METHODS]
+    rows = [(m, m, {}) for m in parse_methods(args.methods, args.reference_epochs, args.no_reference)]
     rows += [(label, "DERRD", extra) for label, extra in parse_variants(args.variant).items()]
     reference = {"kd_implementation": "reference", "de_rows": "batch", "de_max_rows": 0}
     if args.reference_epochs:
@@ -218,6 +234,8 @@ def main(argv=None):
     parser.add_argument("--data_dir", default=os.path.join(ROOT, "runs", "data"),
                         help="where the synthetic data is written")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma-separated subset of %s (Student always)" % ",".join(METHODS))
     parser.add_argument("--epochs", type=int, default=300, help="epoch cap")
     parser.add_argument("--reference_epochs", type=int, default=0,
                         help="run the reference this many epochs and extrapolate (0: run it fully)")

@@ -80,3 +80,24 @@ def test_bad_variant_and_set_are_one_line_exits(ttq):
         ttq.parse_pairs(["de_rows"], "--set")
     assert ttq.parse_pairs(["de_max_rows=256", "de_rows=epoch"], "--set") == {"de_max_rows": 256, "de_rows": "epoch"}
     assert sys.modules["time_to_quality"] is ttq
+
+
+def test_methods_subset_runs_only_those(ttq, workdir, capsys):
+    out = str(workdir / "ttq-subset")
+    ttq.main(["--dataset=ml1m-shaped", "--shape=60,150,1500", "--data_dir=%s" % (workdir / "data"),
+              "--epochs=1", "--reference_epochs=1", "--out_dir=%s" % out, "--seeds=0",
+              "--methods=DERRD,Student", "--set=de_rows=epoch"] + SMALL)
+    data = json.load(open(os.path.join(out, "time_to_quality.json")))
+    assert [c["label"] for c in data["cells"]] == ["Student", "DERRD", "reference"]
+    # --set reaches every run but the reference, which keeps the paper's rows
+    assert data["cells"][2]["settings"]["de_rows"] == "batch"
+
+
+def test_bad_methods_are_one_line_exits(ttq):
+    with pytest.raises(SystemExit, match="unknown HTD"):
+        ttq.parse_methods("Student,HTD", 0, False)
+    with pytest.raises(SystemExit, match="Student is required"):
+        ttq.parse_methods("DERRD", 0, False)
+    with pytest.raises(SystemExit, match="DERRD is required"):
+        ttq.parse_methods("Student,RRD", 5, False)
+    assert ttq.parse_methods("DERRD,Student", 5, False) == ("Student", "DERRD")
