@@ -12,6 +12,8 @@ around here, deliberately and narrowly:
   ``torch.load`` itself is never patched.
 * scipy >= 1.13 removed ``dok_matrix._update``, used by LightGCN/NGCF/GCMC/NCL/SpectralCF to
   build their adjacency matrix.  :func:`install_scipy_dok_update` restores it.
+* NCL's k-means asks faiss for a GPU (``gpu=True``), which faiss-cpu cannot give:
+  :func:`install_ncl_cpu_kmeans` runs the same k-means on the GPUs faiss has, or on the CPU.
 * RecBole's distributed path assumes CUDA and races on folder creation: the patches live with
   the rank helpers in :mod:`recbole_derrd.distributed`; :func:`apply` installs them.
 """
@@ -124,10 +126,34 @@ def patch_method(cls, function):
     setattr(cls, function.__name__, function)
 
 
+def _ncl_run_kmeans(self, x):
+    """NCL's prototype k-means: faiss clustering of ``x`` [n, d] into ``self.k`` clusters,
+    on the GPUs faiss sees (as RecBole's asks) or else on the CPU; returns the normalised
+    centroids [k, d] and each row's cluster [n] on the model's device."""
+    import faiss
+    import torch
+
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    kmeans = faiss.Kmeans(d=self.latent_dim, k=self.k, gpu=gpus > 0)
+    kmeans.train(x)
+    _, nearest = kmeans.index.search(x, 1)
+    centroids = torch.nn.functional.normalize(torch.as_tensor(kmeans.centroids, device=self.device), p=2, dim=1)
+    return centroids, torch.as_tensor(nearest, dtype=torch.long, device=self.device).reshape(-1)
+
+
+def install_ncl_cpu_kmeans():
+    """Let NCL (a general recommender the plugin distils) cluster without a GPU."""
+    from recbole.model.general_recommender.ncl import NCL
+
+    _ncl_run_kmeans.__name__ = "run_kmeans"
+    patch_method(NCL, _ncl_run_kmeans)
+
+
 def apply():
     """Check the stack and install the runtime work-arounds (idempotent)."""
     check_stack()
     install_scipy_dok_update()
+    install_ncl_cpu_kmeans()
     silence_pandas_inplace_warning()
     from recbole_derrd import distributed
 
