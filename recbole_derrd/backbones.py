@@ -1,9 +1,20 @@
 """Backbone adapters: what distillation needs to know about a RecBole model.
 
-DE distils *representations* and RRD distils *scores*, so the plugin only needs, for any
-backbone, (a) a user and an item representation and (b) scores of chosen (user, item) pairs
-and of the full catalogue.  An adapter answers those questions for one RecBole model class;
-adding a backbone means adding one small class to :data:`ADAPTERS`.
+DE distils *representations* and the ranking terms (RRD, RD, CD, IR) distil *scores*, so the
+plugin only needs, for any backbone, (a) a user and an item representation and (b) scores of
+chosen (user, item) pairs and of the full catalogue.  An adapter answers those questions for one
+RecBole model class:
+
+* :class:`ScoreOnlyAdapter` serves **every** RecBole general recommender through its own
+  ``predict`` / ``full_sort_predict``: enough for the ranking terms, as teacher or student;
+* :class:`TablesAdapter` and its subclasses serve models whose score is the dot product of a user
+  and an item table (BPR, LINE, ENMF, LightGCN and the other propagation models): those tables
+  are the representations DE distils;
+* :class:`NeuMFAdapter`: NeuMF's two embeddings as the representation, its logits as scores.
+
+:func:`register_adapter` adds an adapter (and, for a user's own model class, the model itself)
+without touching this module.  Which RecBole models may take which role, and why the others are
+refused, is decided in :mod:`recbole_derrd.backbone_support`.
 """
 
 import torch
@@ -69,6 +80,8 @@ class BackboneAdapter:
 
     #: RecBole model names this adapter understands.
     model_names = ()
+    #: whether :meth:`user_repr` / :meth:`item_repr` exist (DE needs them on both sides)
+    has_representations = True
 
     def __init__(self, model):
         self.model = model
@@ -114,10 +127,149 @@ class BackboneAdapter:
         return None
 
 
-class MFAdapter(BackboneAdapter):
-    """Matrix factorisation: the embeddings are the representations, scores are dot products."""
+class ScoreOnlyAdapter(BackboneAdapter):
+    """Any RecBole general recommender, through its own ``predict`` and ``full_sort_predict``.
 
-    model_names = ("BPR",)
+    The ranking terms need scores only, so this serves every model as a teacher (ItemKNN, EASE,
+    SLIM, the autoencoders, ...) and every gradient-trained one as a student.  It offers no
+    representations: DE refuses such a model at start-up (:func:`check_terms_fit`).
+    """
+
+    has_representations = False
+    #: how chosen pairs are scored: ``"catalogue"`` gathers them from one ``full_sort_predict``
+    #: row per user (models that score a user's whole catalogue in one pass: autoencoders,
+    #: item-similarity models); ``"pairs"`` calls ``predict`` once per pair (pair models)
+    score_by = "catalogue"
+    #: (user, item) pairs per ``predict`` call when a model cannot rank the whole catalogue
+    PAIRS_PER_PASS = 1 << 16
+
+    @property
+    def user_dim(self):
+        return None
+
+    @property
+    def item_dim(self):
+        return None
+
+    def user_repr(self, users):
+        raise TypeError("%s has no user representation (it only scores)" % type(self.model).__name__)
+
+    item_repr = user_repr
+
+    def _predict(self, users, items):
+        from recbole.data.interaction import Interaction
+
+        scores = self.model.predict(Interaction({self.model.USER_ID: users, self.model.ITEM_ID: items}))
+        return scores.to(device=users.device, dtype=torch.float32).view(-1)
+
+    def score(self, users, items):
+        if self.score_by == "pairs":
+            flat_users = users.unsqueeze(1).expand_as(items).reshape(-1)
+            return self._predict(flat_users, items.reshape(-1)).view(items.shape)
+        return self.all_scores(users).gather(1, items)
+
+    def all_scores(self, users):
+        from recbole.data.interaction import Interaction
+
+        try:
+            scores = self.model.full_sort_predict(Interaction({self.model.USER_ID: users}))
+        except NotImplementedError:
+            return self._all_scores_pairwise(users)
+        return scores.to(device=users.device, dtype=torch.float32).view(len(users), -1)
+
+    def _all_scores_pairwise(self, users):
+        n_items = self.model.n_items
+        all_items = torch.arange(n_items, device=users.device)
+        step = max(1, self.PAIRS_PER_PASS // n_items)
+        rows = []
+        for start in range(0, len(users), step):
+            block = users[start:start + step]
+            rows.append(self._predict(block.repeat_interleave(n_items), all_items.repeat(len(block)))
+                        .view(len(block), n_items))
+        return torch.cat(rows, 0)
+
+
+class PairScoreAdapter(ScoreOnlyAdapter):
+    """Score-only models whose ``predict`` scores one pair cheaply (pair networks): chosen pairs
+    go through ``predict`` rather than a full catalogue row each."""
+
+    score_by = "pairs"
+
+
+class TablesAdapter(BackboneAdapter):
+    """Scores are dot products of a user table and an item table, and those tables are the
+    representations DE distils.  Subclasses say how to get the tables (:meth:`tables`).
+
+    The tables are computed once per training step (the student calls :meth:`begin_step` at
+    each; the frozen teacher once, after its weights are loaded) and shared by every call.
+    """
+
+    def __init__(self, model):
+        super().__init__(model)
+        self._cache = None
+        self._dims = None
+
+    def tables(self):
+        """(user table [n_users, d], item table [n_items, d]) under the current weights."""
+        raise NotImplementedError
+
+    def begin_step(self):
+        self._cache = None
+
+    def _tables(self):
+        if self._cache is None:
+            self._cache = self.tables()
+        return self._cache
+
+    def _dimensions(self):
+        if self._dims is None:
+            # one look at the shapes, without touching the run's random state or gradients
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                user_all, item_all = self.tables()
+            self._dims = (user_all.shape[1], item_all.shape[1])
+        return self._dims
+
+    @property
+    def user_dim(self):
+        return self._dimensions()[0]
+
+    @property
+    def item_dim(self):
+        return self._dimensions()[1]
+
+    def user_repr(self, users):
+        return self._tables()[0][users]
+
+    def item_repr(self, items):
+        return self._tables()[1][items]
+
+    def score(self, users, items):
+        user_all, item_all = self._tables()
+        return gathered_dot(user_all, item_all, users, items)
+
+    def all_scores(self, users):
+        user_all, item_all = self._tables()
+        return user_all[users] @ item_all.t()
+
+    def item_side_score(self, items, users):
+        user_all, item_all = self._tables()
+        return gathered_dot(item_all, user_all, items, users)
+
+    def score_tables(self):
+        return self._tables()
+
+
+class MFAdapter(TablesAdapter):
+    """Matrix factorisation (BPR; LINE's first-order scores): the embeddings are the
+    representations, scores their dot products; looked up directly, nothing to cache."""
+
+    model_names = ("BPR", "LINE")
+
+    def tables(self):
+        return self.model.user_embedding.weight, self.model.item_embedding.weight
+
+    def _tables(self):
+        return self.tables()
 
     @property
     def user_dim(self):
@@ -133,62 +285,37 @@ class MFAdapter(BackboneAdapter):
     def item_repr(self, items):
         return self.model.item_embedding(items)
 
-    def score(self, users, items):
-        return gathered_dot(self.model.user_embedding.weight, self.model.item_embedding.weight,
-                            users, items)
 
-    def all_scores(self, users):
-        return self.model.user_embedding(users) @ self.model.item_embedding.weight.t()
+class PropagatedAdapter(TablesAdapter):
+    """Graph models whose ``forward()`` returns the propagated (user table, item table) and
+    whose score is their dot product: LightGCN (layer average), NGCF and SpectralCF (layers
+    concatenated), DGCF (disentangled factors), NCL (LightGCN's propagation; its extra outputs
+    are ignored).  The propagated tables are what DE distils."""
 
-    def item_side_score(self, items, users):
-        return gathered_dot(self.model.item_embedding.weight, self.model.user_embedding.weight,
-                            items, users)
+    model_names = ("LightGCN", "NGCF", "SpectralCF", "DGCF", "NCL")
 
-    def score_tables(self):
-        return self.model.user_embedding.weight, self.model.item_embedding.weight
+    def tables(self):
+        outputs = self.model.forward()
+        return outputs[0], outputs[1]
 
 
-class LightGCNAdapter(MFAdapter):
-    """LightGCN: the representations are the propagated (layer-averaged) embeddings.
+class SGLAdapter(PropagatedAdapter):
+    """SGL: LightGCN's propagation over the full training graph (not its augmented views)."""
 
-    One graph propagation serves every call until :meth:`begin_step` (the student calls it at
-    each training step; the frozen teacher once, after its weights are loaded).
-    """
+    model_names = ("SGL",)
 
-    model_names = ("LightGCN",)
+    def tables(self):
+        return self.model.forward(self.model.train_graph)
 
-    def __init__(self, model):
-        super().__init__(model)
-        self._cache = None
 
-    def begin_step(self):
-        self._cache = None
+class ENMFAdapter(TablesAdapter):
+    """ENMF scores sum_k u_k i_k h_k = u . (i * h): the user embeddings and the item embeddings
+    scaled by the shared weight h are the tables."""
 
-    def _propagated(self):
-        if self._cache is None:
-            self._cache = self.model.forward()
-        return self._cache
+    model_names = ("ENMF",)
 
-    def user_repr(self, users):
-        return self._propagated()[0][users]
-
-    def item_repr(self, items):
-        return self._propagated()[1][items]
-
-    def score(self, users, items):
-        user_all, item_all = self._propagated()
-        return gathered_dot(user_all, item_all, users, items)
-
-    def all_scores(self, users):
-        user_all, item_all = self._propagated()
-        return user_all[users] @ item_all.t()
-
-    def item_side_score(self, items, users):
-        user_all, item_all = self._propagated()
-        return gathered_dot(item_all, user_all, items, users)
-
-    def score_tables(self):
-        return self._propagated()
+    def tables(self):
+        return self.model.user_embedding.weight, self.model.item_embedding.weight * self.model.H_i.weight
 
 
 class NeuMFAdapter(BackboneAdapter):
@@ -264,23 +391,28 @@ class NeuMFAdapter(BackboneAdapter):
         return torch.cat(rows, 0)
 
 
-ADAPTERS = {name: cls for cls in (MFAdapter, LightGCNAdapter, NeuMFAdapter) for name in cls.model_names}
+#: RecBole model name -> adapter class; every other general recommender gets ScoreOnlyAdapter.
+ADAPTERS = {name: cls for cls in (MFAdapter, PropagatedAdapter, SGLAdapter, ENMFAdapter, NeuMFAdapter)
+            for name in cls.model_names}
+#: score-only general recommenders whose predict scores one pair cheaply (pair networks).
+ADAPTERS.update({name: PairScoreAdapter for name in ("DMF", "ConvNCF", "NNCF", "GCMC", "FISM", "NAIS")})
 
 
-def supported_backbones():
-    return sorted(ADAPTERS)
+def register_adapter(model_name, adapter):
+    """Use ``adapter`` (a :class:`BackboneAdapter` subclass) for the model named
+    ``model_name``; for a model class of your own, see
+    :func:`recbole_derrd.backbone_support.register_backbone`."""
+    if not (isinstance(adapter, type) and issubclass(adapter, BackboneAdapter)):
+        raise TypeError("register_adapter(%r, %r): the adapter must be a BackboneAdapter subclass"
+                        % (model_name, adapter))
+    ADAPTERS[model_name] = adapter
 
 
-def check_backbone(name, key):
-    """Raise a clear error when config ``key`` names a backbone without an adapter."""
-    if name not in ADAPTERS:
-        raise ValueError(
-            "%s=%r is not a supported backbone; supported: %s"
-            % (key, name, ", ".join(supported_backbones()))
-        )
+def adapter_class(model_name):
+    """The adapter class serving the model named ``model_name``."""
+    return ADAPTERS.get(model_name, ScoreOnlyAdapter)
 
 
 def adapter_for(model):
-    name = type(model).__name__
-    check_backbone(name, "model")
-    return ADAPTERS[name](model)
+    """The adapter of a built model (any general recommender RecBole or the user registered)."""
+    return adapter_class(type(model).__name__)(model)

@@ -91,13 +91,14 @@ def plugin_defaults(model_class, loader=yaml.FullLoader):
 
 def layered_properties(model_class, external, loader=yaml.FullLoader):
     """Layers 2-4 above as one dict, for the backbones named by ``external`` or the defaults."""
-    from recbole_derrd.backbones import check_backbone
+    from recbole_derrd.backbone_support import check_backbone, check_terms_fit
 
     plugin = plugin_defaults(model_class, loader)
     student = external.get("student_model", plugin.get("student_model"))
     teacher = external.get("teacher_model", plugin.get("teacher_model"))
     check_backbone(student, "student_model")
-    check_backbone(teacher, "teacher_model")
+    check_backbone(teacher, "teacher_model", checkpoint_given=bool(external.get("teacher_checkpoint")))
+    check_terms_fit(model_class.__name__, model_class.terms, student, teacher)
     layers = dict(stock_model_yaml(student, loader))
     layers.update({TEACHER_PREFIX + k: v for k, v in stock_model_yaml(teacher, loader).items()})
     layers.update(plugin)

@@ -60,14 +60,16 @@ def export_student(checkpoint_file, out_dir):
     """Write the three files described in the module docstring; return their paths."""
     from recbole_derrd.registration import PLUGIN_MODELS
 
-    from recbole_derrd.backbones import ADAPTERS
+    from recbole_derrd.backbone_support import backbone_class
 
     checkpoint = load_checkpoint(checkpoint_file)
     config = checkpoint.get("config")
     if config is None or config["model"] not in PLUGIN_MODELS:
         raise CheckpointError("%s is not a DE/RRD/DERRD checkpoint" % checkpoint_file)
-    if config["student_model"] not in ADAPTERS:
-        raise CheckpointError("%s names an unknown student_model %r" % (checkpoint_file, config["student_model"]))
+    try:
+        backbone_class(config["student_model"], "student_model")
+    except ValueError as exc:
+        raise CheckpointError("%s: %s" % (checkpoint_file, exc)) from exc
     state = {k[len(STUDENT_PREFIX):]: v.detach().cpu() for k, v in checkpoint["state_dict"].items()
              if k.startswith(STUDENT_PREFIX)}
     sconfig = student_config(config, plugin_owned_keys(config, PLUGIN_MODELS.values()))

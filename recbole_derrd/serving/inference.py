@@ -89,7 +89,8 @@ def recommend(model, users, k=20, exclude=None, user_block=None):
     """Top-k item ids for ``users`` from a trained RecBole model (student, teacher or plugin model).
 
     Args:
-        model: a supported backbone (BPR, LightGCN, NeuMF) or DE / RRD / DERRD (its student).
+        model: a general recommender with an adapter (any, see docs/backbones.md) or a
+            distilled model (its student).
         users: sequence or LongTensor of internal user ids.
         exclude: optional scipy CSR of pairs to skip, e.g. ``dataset.inter_matrix(form='csr')``.
     Returns:

@@ -110,6 +110,8 @@ class DistillationTerm:
 
     #: the loss part's name in logs and errors (``DE``, ``RRD``, ...).
     name = None
+    #: whether the term reads user and item representations (else scores only)
+    needs_representations = False
 
     def __init__(self, weight):
         self.weight = weight

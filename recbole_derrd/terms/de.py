@@ -36,6 +36,7 @@ class DE(DistillationTerm):
     """
 
     name = "DE"
+    needs_representations = True
 
     def __init__(self, context, weight, tau_start, tau_end, anneal_epochs, num_experts, threshold,
                  rows="batch", max_rows=0, reference=False):

@@ -1,0 +1,202 @@
+"""Which models may be a teacher or a student, and why the others are refused.
+
+Any RecBole 1.2.1 general recommender (and any model a user registers with
+:func:`register_backbone`) is served by an adapter (:mod:`recbole_derrd.backbones`); a few
+cannot take a role, and are refused at start-up with the reason instead of failing mid-run:
+
+* as a **student**, a model must learn by gradient steps from the distillation trainer's
+  batches: closed-form or counting models (EASE, ItemKNN, SLIMElastic, ADMMSLIM, NCEPLRec,
+  Pop, Random, AsymKNN) have nothing to train; models that need RecBole's own trainer for
+  that (RaCT, RecVAE, NCL: ``<Model>Trainer``) or whole-user-row batches (DiffRec, LDiffRec:
+  ``LISTWISE`` input) would lose what makes them work;
+* as a **teacher**, every general recommender works: it is trained (or loaded) with RecBole's
+  own trainer for its model; only a staged model (RaCT) must come as a ``teacher_checkpoint``;
+* **DE** distils representations, so both sides need them (:func:`check_terms_fit`); the
+  ranking terms need scores only.
+
+Sequential recommenders are refused for now with that reason (their data pipeline differs).
+"""
+
+import importlib
+import sys
+import types
+from importlib.machinery import ModuleSpec
+
+from recbole.utils import InputType, ModelType
+
+from recbole_derrd.backbones import adapter_class, register_adapter
+
+GENERAL_PACKAGE = "recbole.model.general_recommender"
+SEQUENTIAL_PACKAGE = "recbole.model.sequential_recommender"
+OTHER_PACKAGES = ("recbole.model.context_aware_recommender", "recbole.model.knowledge_aware_recommender")
+
+#: general recommenders fitted without gradient steps (closed form, counting, similarity).
+NO_GRADIENT = ("ADMMSLIM", "AsymKNN", "EASE", "ItemKNN", "NCEPLRec", "Pop", "Random", "SLIMElastic")
+
+#: model classes registered by users (name -> class), found by RecBole's get_model too.
+REGISTERED = {}
+
+
+def _package_models(package):
+    """{name: class} of the recommenders a RecBole model package exports."""
+    from recbole.model.abstract_recommender import AbstractRecommender
+
+    module = importlib.import_module(package)
+    return {name: value for name, value in vars(module).items()
+            if isinstance(value, type) and issubclass(value, AbstractRecommender)
+            and value.__module__.startswith(package + ".")}
+
+
+def general_models():
+    """Names of RecBole's general recommenders, sorted."""
+    return sorted(_package_models(GENERAL_PACKAGE))
+
+
+def sequential_models():
+    """Names of RecBole's sequential recommenders, sorted."""
+    return sorted(_package_models(SEQUENTIAL_PACKAGE))
+
+
+def backbone_class(name, key="model"):
+    """The class of the general recommender named ``name``; a ValueError naming ``key`` with
+    the reason for anything else (unknown name, sequential or context-aware model)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("%s=%r must name a RecBole general recommender" % (key, name))
+    if name in REGISTERED:
+        return REGISTERED[name]
+    general = _package_models(GENERAL_PACKAGE)
+    if name in general:
+        return general[name]
+    if name in _package_models(SEQUENTIAL_PACKAGE):
+        raise ValueError("%s=%r is a sequential recommender; the plugin distils general "
+                         "recommenders only for now (sequential data pipeline not supported yet)"
+                         % (key, name))
+    for package in OTHER_PACKAGES:
+        if name in _package_models(package):
+            raise ValueError("%s=%r is a %s model; the plugin distils general recommenders only"
+                             % (key, name, package.rsplit(".", 1)[1].replace("_", " ")))
+    raise ValueError("%s=%r is not a RecBole general recommender nor a registered model; "
+                     "general recommenders: %s (register your own with "
+                     "recbole_derrd.register_backbone)" % (key, name, ", ".join(general_models())))
+
+
+def student_refusal(model_class):
+    """Why ``model_class`` cannot be a distilled student, or None when it can."""
+    name = model_class.__name__
+    if name in NO_GRADIENT or getattr(model_class, "type", None) == ModelType.TRADITIONAL:
+        return ("%s is fitted without gradient steps (closed form or counting): it has nothing to "
+                "learn from distillation; it can be a teacher for the ranking terms" % name)
+    import recbole.trainer
+
+    if name not in REGISTERED and hasattr(recbole.trainer, name + "Trainer"):
+        return ("%s trains with RecBole's own %sTrainer, which a distilled student's trainer does "
+                "not run; it can be a teacher" % (name, name))
+    if getattr(model_class, "input_type", None) not in (InputType.POINTWISE, InputType.PAIRWISE):
+        return ("%s reads whole user rows (%s input), which the distillation batches do not "
+                "provide; it can be a teacher" % (name, getattr(model_class, "input_type", None)))
+    return None
+
+
+def teacher_refusal(model_class, checkpoint_given=False):
+    """Why the plugin cannot train ``model_class`` as a teacher, or None.  Staged models (RaCT:
+    actor pre-training, critic pre-training, then fine-tuning from a saved file) cannot be
+    trained in one call; trained with RecBole and given as ``teacher_checkpoint`` they teach."""
+    if checkpoint_given:
+        return None
+    import recbole.trainer
+
+    trainer = getattr(recbole.trainer, model_class.__name__ + "Trainer", None)
+    if isinstance(trainer, type) and issubclass(trainer, recbole.trainer.PretrainTrainer):
+        return ("%s trains in stages (%sTrainer: pre-training, then fine-tuning from a saved "
+                "file), which one teacher training cannot run; train it with RecBole and give the "
+                "fine-tuned checkpoint as teacher_checkpoint" % (model_class.__name__, model_class.__name__))
+    return None
+
+
+def check_backbone(name, key, checkpoint_given=False):
+    """Raise a clear error when config ``key`` (``student_model`` / ``teacher_model``) names a
+    model that cannot take that role (a teacher given as ``teacher_checkpoint`` is not trained
+    here: ``checkpoint_given``)."""
+    model_class = backbone_class(name, key)
+    if key == "student_model":
+        reason = student_refusal(model_class)
+    else:
+        reason = teacher_refusal(model_class, checkpoint_given)
+    if reason:
+        raise ValueError("%s=%r is refused: %s" % (key, name, reason))
+    return model_class
+
+
+def check_terms_fit(model_name, terms, student, teacher):
+    """DE (any term needing representations) needs them from both backbones."""
+    for term in terms:
+        if not getattr(term, "needs_representations", False):
+            continue
+        for key, backbone in (("teacher_model", teacher), ("student_model", student)):
+            if not adapter_class(backbone).has_representations:
+                raise ValueError(
+                    "%s: its %s term distils user and item representations, but %s=%r only scores "
+                    "(no representations); distil it with the ranking terms (RRD, RD, CD, IRRRD), "
+                    "or use a backbone with representations (e.g. %s)"
+                    % (model_name, term.name, key, backbone, ", ".join(representation_models())))
+
+
+def representation_models():
+    """General recommenders whose adapter gives DE representations, sorted."""
+    return [name for name in general_models() + sorted(REGISTERED)
+            if adapter_class(name).has_representations]
+
+
+def register_backbone(model_class, adapter=None):
+    """Make a model class of your own a backbone: RecBole's ``get_model`` (and so
+    ``student_model`` / ``teacher_model``) finds it by its class name, served by ``adapter``
+    (a :class:`~recbole_derrd.backbones.BackboneAdapter` subclass; default: the adapter of the
+    nearest RecBole ancestor, e.g. BPR's for a BPR subclass whose embeddings keep their names,
+    else the score-only adapter).  Returns ``model_class``, so it works as a decorator.
+
+    Call it at import time of a module (not under ``if __name__ == "__main__"``): spawned
+    workers (DDP) re-import modules, not the main script's body."""
+    from recbole.model.abstract_recommender import GeneralRecommender
+
+    if not (isinstance(model_class, type) and issubclass(model_class, GeneralRecommender)):
+        raise TypeError("register_backbone(%r): a RecBole GeneralRecommender subclass is required"
+                        % (model_class,))
+    name = model_class.__name__
+    general = _package_models(GENERAL_PACKAGE)
+    if name in general and general[name] is not model_class:
+        raise ValueError("register_backbone: %r is the name of RecBole's own model; give your class "
+                         "another name" % name)
+    if adapter is None:
+        ancestor = next((c.__name__ for c in model_class.__mro__[1:] if c.__name__ in general), None)
+        adapter = adapter_class(ancestor) if ancestor else adapter_class(name)
+    register_adapter(name, adapter)
+    REGISTERED[name] = model_class
+    # get_model imports recbole.model.<package>.<name lower>: give it a module holding the class
+    module_name = "%s.%s" % (GENERAL_PACKAGE, name.lower())
+    module = sys.modules.get(module_name)
+    if module is None or getattr(module, name, None) is not model_class:
+        module = types.ModuleType(module_name)
+        module.__spec__ = ModuleSpec(module_name, None)
+        setattr(module, name, model_class)
+        sys.modules[module_name] = module
+    return model_class
+
+
+def model_size(model):
+    """Numbers a model keeps to score: its parameters and buffers, plus the arrays a closed-form
+    model holds outside them (e.g. EASE's item-item weights, ItemKNN's sparse similarities;
+    the interaction matrices and precomputed predictions they keep are derived, not counted)."""
+    import numpy as np
+    import scipy.sparse
+    import torch
+
+    size = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    for name in getattr(model, "other_parameter_name", None) or ():
+        value = getattr(model, name, None)
+        if "interaction" in name or "pred" in name or "restore" in name or value is None:
+            continue
+        if scipy.sparse.issparse(value):
+            size += value.nnz
+        elif isinstance(value, (np.ndarray, torch.Tensor)):
+            size += int(np.prod(value.shape))
+    return size
