@@ -34,10 +34,11 @@ import numpy as np
 from recbole.data.utils import get_dataloader
 from recbole.utils import init_seed
 
+from recbole_derrd.backbone_support import model_size
 from recbole_derrd.checkpoints import CheckpointError, atomic_save, load_checkpoint
 from recbole_derrd.distributed import barrier, is_main_process
 from recbole_derrd.config import stock_model_yaml
-from recbole_derrd.trainer import last_checkpoint_path, safe_trainer, valid_negatives
+from recbole_derrd.trainer import last_checkpoint_path, load_model_state, safe_trainer, valid_negatives
 
 CACHE_FORMAT = 1
 TRAINING_KEYS = (
@@ -143,10 +144,12 @@ def _differences(expected, found, prefix=""):
     return diffs
 
 
-def _load_weights(teacher, state_dict, source):
+def _load_weights(teacher, checkpoint, source):
+    """The checkpoint's tensors and the other parameters the teacher declares (Pop's counts,
+    the closed-form models' matrices: read as data by the safe unpickler, never code)."""
     try:
-        teacher.load_state_dict(state_dict)
-    except RuntimeError as exc:
+        load_model_state(teacher, checkpoint, source)
+    except (CheckpointError, RuntimeError) as exc:
         raise CheckpointError(
             "teacher checkpoint %s does not fit teacher_model=%s with this run's t_ settings "
             "(sizes or dataset differ): %s" % (source, type(teacher).__name__, exc)) from exc
@@ -216,7 +219,7 @@ def train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress=
     barrier()
     best = load_checkpoint(trainer.saved_model_file, map_location=tconfig["device"])
     barrier()
-    teacher.load_state_dict(best["state_dict"])
+    _load_weights(teacher, best, path + ".training")
     return best
 
 
@@ -294,7 +297,7 @@ def prepare_teacher(model, train_data, valid_data, show_progress=False):
     if given:
         checkpoint = load_checkpoint(given, map_location=config["device"])
         verify_checkpoint(checkpoint, given, tconfig, fingerprint)
-        _load_weights(teacher, checkpoint["state_dict"], given)
+        _load_weights(teacher, checkpoint, given)
         logger.info("Teacher loaded from teacher_checkpoint %s" % given)
     elif plan:
         checkpoint = tune_teacher(model, train_data, valid_data, fingerprint, plan, show_progress)
@@ -304,9 +307,13 @@ def prepare_teacher(model, train_data, valid_data, show_progress=False):
                                                show_progress)[0]
     model.teacher_epoch = checkpoint.get("epoch")
     model.teacher_valid_score = checkpoint.get("best_valid_score")
-    logger.info("Teacher ready: %s, %s parameters, best validation %s %s (epoch %s)" % (
-        tconfig["model"], format(sum(p.numel() for p in teacher.parameters()), ","),
-        tconfig["valid_metric"], _score_text(checkpoint.get("best_valid_score")), model.teacher_epoch))
+    teacher_size, student_size = model_size(teacher), model_size(model.student)
+    logger.info("Teacher ready: %s, %s parameters, best validation %s %s (epoch %s); student %s, %s "
+                "parameters: phi (student / teacher size) = %s" % (
+                    tconfig["model"], format(teacher_size, ","), tconfig["valid_metric"],
+                    _score_text(checkpoint.get("best_valid_score")), model.teacher_epoch,
+                    config["student_model"], format(student_size, ","),
+                    "%.3f" % (student_size / teacher_size) if teacher_size else "n/a"))
     teacher.zero_grad(set_to_none=True)  # drop gradients left over from its own training
     teacher.eval().requires_grad_(False)
     return teacher
@@ -347,7 +354,7 @@ def _read_cache(path, description, teacher, device):
         checkpoint = load_checkpoint(path, map_location=device)
         if not isinstance(checkpoint, dict) or checkpoint.get("derrd_teacher") != description:
             raise CheckpointError("cached teacher %s does not match its key" % path)
-        _load_weights(teacher, checkpoint["state_dict"], path)
+        _load_weights(teacher, checkpoint, path)
     except CheckpointError as exc:
         barrier()
         _move_aside(path, "corrupt", "cached teacher unusable (%s); it is retrained" % exc)
