@@ -14,6 +14,12 @@ around here, deliberately and narrowly:
   build their adjacency matrix.  :func:`install_scipy_dok_update` restores it.
 * NCL's k-means asks faiss for a GPU (``gpu=True``), which faiss-cpu cannot give:
   :func:`install_ncl_cpu_kmeans` runs the same k-means on the GPUs faiss has, or on the CPU.
+* RecBole's ``sine.py`` (a sequential model) calls ``torch.autograd.set_detect_anomaly(True)``
+  when it is imported, which switches autograd's debugging mode on for the whole process: every
+  operation then records its stack trace, and training runs about twice as slow.  Any import of
+  RecBole's sequential package does it (the safe unpickler's table of model classes did, so
+  every run that loaded a cached teacher trained in that mode).  :func:`import_sequential_models`
+  imports the package once, restoring the mode; later imports then find it loaded.
 * RecBole's distributed path assumes CUDA and races on folder creation: the patches live with
   the rank helpers in :mod:`recbole_derrd.distributed`; :func:`apply` installs them.
 """
@@ -149,9 +155,25 @@ def install_ncl_cpu_kmeans():
     patch_method(NCL, _ncl_run_kmeans)
 
 
+def import_sequential_models():
+    """Import ``recbole.model.sequential_recommender`` with autograd's anomaly mode left as it was
+    (SINE's module switches it on at import).  Returns False when it was imported before (then
+    the mode is left alone: it may be the user's own choice)."""
+    if "recbole.model.sequential_recommender" in sys.modules:
+        return False
+    import torch
+
+    enabled, check_nan = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
+    import recbole.model.sequential_recommender  # noqa: F401
+
+    torch.autograd.set_detect_anomaly(enabled, check_nan)
+    return True
+
+
 def apply():
     """Check the stack and install the runtime work-arounds (idempotent)."""
     check_stack()
+    import_sequential_models()
     install_scipy_dok_update()
     install_ncl_cpu_kmeans()
     silence_pandas_inplace_warning()

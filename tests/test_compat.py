@@ -139,3 +139,24 @@ def test_recbole_ensure_dir_tolerates_a_concurrent_creator(tmp_path, monkeypatch
     ensure_dir(str(folder))
     trainer_module.ensure_dir(str(folder / "nested"))  # the name the Trainer imported
     assert (folder / "nested").is_dir()
+
+
+def test_recbole_sequential_import_leaves_autograd_anomaly_mode_off():
+    """RecBole's sine.py switches anomaly detection on at import; after the plugin's import the
+    sequential package, the safe unpickler's model table and a checkpoint load leave it off."""
+    import subprocess
+    import sys
+
+    code = ("import torch, recbole_derrd, sys\n"
+            "assert 'recbole.model.sequential_recommender.sine' in sys.modules\n"
+            "import recbole.model.sequential_recommender\n"
+            "from recbole_derrd.safe_unpickle import model_classes\n"
+            "assert len(model_classes()) > 60\n"
+            "print(torch.is_anomaly_enabled())\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "False"
+    # and the guard really is what keeps it off: a bare import switches it on
+    bare = subprocess.run([sys.executable, "-c", "import torch, recbole.model.sequential_recommender; "
+                           "print(torch.is_anomaly_enabled())"], capture_output=True, text=True, timeout=300)
+    assert bare.stdout.strip() == "True"
