@@ -185,3 +185,21 @@ def test_model_size_counts_what_a_model_scores_with(tiny):
     assert model_size(ease) == 1 + ease.n_items ** 2  # its dummy parameter + the item-item weights
     knn, _ = stock("ItemKNN", tiny)
     assert model_size(knn) == 1 + knn.w.nnz  # the sparse similarities, not the cached predictions
+
+
+def test_a_new_backbone_student_exports_as_its_stock_model(tiny, workdir):
+    from recbole_derrd.quick_start import load_data_and_model
+    from recbole_derrd.serving.export import export_student
+
+    result = run_recbole("RRD", config_dict=dict(tiny, student_model="NGCF", epochs=1), saved=True)
+    paths = export_student(result["saved_model_file"], str(workdir / "exported"))
+    state = torch.load(paths["weights"], weights_only=True)
+    _, distilled, _, _, _, _ = load_data_and_model(result["saved_model_file"])
+    stock_model, _ = untrained_model("NGCF", dict(tiny, model="NGCF"))
+    assert set(state) == set(stock_model.state_dict())
+    stock_model.load_state_dict(state)
+    stock_model.eval()
+    distilled.eval()
+    users = Interaction({"user_id": torch.arange(1, 10)})
+    with torch.no_grad():
+        torch.testing.assert_close(stock_model.full_sort_predict(users), distilled.full_sort_predict(users))

@@ -39,7 +39,7 @@ def test_top_k_rejects_k_larger_than_catalogue():
         top_k_items(torch.randn(2, 3), torch.randn(40, 3), 40)
 
 
-@pytest.mark.parametrize("model_name", ["BPR", "NeuMF", "LightGCN", "DERRD"])
+@pytest.mark.parametrize("model_name", ["BPR", "NeuMF", "LightGCN", "DERRD", "NGCF", "ENMF", "EASE", "MultiVAE"])
 def test_recommend_matches_full_sort_predict(tiny, model_name):
     model, train = untrained_model(model_name, tiny)
     model.eval()

@@ -42,6 +42,9 @@ def test_runs_every_method_side_by_side_and_resumes(ttq, workdir, capsys):
     assert data["cells"][5]["settings"] == {"de_rows": "epoch"}
     assert "| reference (extrapolated from 1 epochs) |" in printed and "| Student | 1 |" in printed
     assert "1.00x" in printed.split("| Student |")[1].split("\n")[0]
+    # a one-dataset record ends with the summary line too, the other dataset n/a
+    assert re.search(r"time to quality: DE-RRD/student n/ax \(CiteULike\), \d+\.\d\dx \(ML-1M-shaped\); "
+                     r"reference/DE-RRD n/ax \(CiteULike\)\n", printed)
     # a second run finds every cell done and trains nothing
     ttq.main(argv)
     assert capsys.readouterr().out.count("done before") == 7
