@@ -82,6 +82,8 @@ class BackboneAdapter:
     model_names = ()
     #: whether :meth:`user_repr` / :meth:`item_repr` exist (DE needs them on both sides)
     has_representations = True
+    #: (user, item) pairs per forward pass when the catalogue is scored pair by pair
+    PAIRS_PER_PASS = 1 << 16
 
     def __init__(self, model):
         self.model = model
@@ -126,6 +128,24 @@ class BackboneAdapter:
         products, else None (then inference goes through :meth:`all_scores`)."""
         return None
 
+    def pair_scores(self, users, items):
+        """[P] users and [P] items -> [P] scores of exactly those pairs (models that score pair
+        by pair: NeuMF, the pair networks)."""
+        raise NotImplementedError
+
+    def _listed_pair_scores(self, users, items):
+        """[U] users and [U, X] items -> [U, X] scores through :meth:`pair_scores`."""
+        flat_users = users.unsqueeze(1).expand_as(items).reshape(-1)
+        return self.pair_scores(flat_users, items.reshape(-1)).view(items.shape)
+
+    def _all_scores_pairwise(self, users):
+        """[U] users -> [U, n_items] through :meth:`pair_scores`, ``PAIRS_PER_PASS`` pairs a pass."""
+        n_items = self.model.n_items
+        all_items = torch.arange(n_items, device=users.device)
+        step = max(1, self.PAIRS_PER_PASS // n_items)
+        return torch.cat([self._listed_pair_scores(block, all_items.expand(len(block), n_items))
+                          for block in users.split(step)], 0)
+
 
 class ScoreOnlyAdapter(BackboneAdapter):
     """Any RecBole general recommender, through its own ``predict`` and ``full_sort_predict``.
@@ -140,8 +160,6 @@ class ScoreOnlyAdapter(BackboneAdapter):
     #: row per user (models that score a user's whole catalogue in one pass: autoencoders,
     #: item-similarity models); ``"pairs"`` calls ``predict`` once per pair (pair models)
     score_by = "catalogue"
-    #: (user, item) pairs per ``predict`` call when a model cannot rank the whole catalogue
-    PAIRS_PER_PASS = 1 << 16
 
     @property
     def user_dim(self):
@@ -156,7 +174,7 @@ class ScoreOnlyAdapter(BackboneAdapter):
 
     item_repr = user_repr
 
-    def _predict(self, users, items):
+    def pair_scores(self, users, items):
         from recbole.data.interaction import Interaction
 
         scores = self.model.predict(Interaction({self.model.USER_ID: users, self.model.ITEM_ID: items}))
@@ -164,8 +182,7 @@ class ScoreOnlyAdapter(BackboneAdapter):
 
     def score(self, users, items):
         if self.score_by == "pairs":
-            flat_users = users.unsqueeze(1).expand_as(items).reshape(-1)
-            return self._predict(flat_users, items.reshape(-1)).view(items.shape)
+            return self._listed_pair_scores(users, items)
         return self.all_scores(users).gather(1, items)
 
     def all_scores(self, users):
@@ -176,17 +193,6 @@ class ScoreOnlyAdapter(BackboneAdapter):
         except NotImplementedError:
             return self._all_scores_pairwise(users)
         return scores.to(device=users.device, dtype=torch.float32).view(len(users), -1)
-
-    def _all_scores_pairwise(self, users):
-        n_items = self.model.n_items
-        all_items = torch.arange(n_items, device=users.device)
-        step = max(1, self.PAIRS_PER_PASS // n_items)
-        rows = []
-        for start in range(0, len(users), step):
-            block = users[start:start + step]
-            rows.append(self._predict(block.repeat_interleave(n_items), all_items.repeat(len(block)))
-                        .view(len(block), n_items))
-        return torch.cat(rows, 0)
 
 
 class PairScoreAdapter(ScoreOnlyAdapter):
@@ -327,8 +333,6 @@ class NeuMFAdapter(BackboneAdapter):
     """
 
     model_names = ("NeuMF",)
-    #: (user, item) pairs scored per forward pass when ranking the whole catalogue.
-    PAIRS_PER_PASS = 1 << 16
 
     @property
     def user_dim(self):
@@ -344,9 +348,11 @@ class NeuMFAdapter(BackboneAdapter):
     def item_repr(self, items):
         return torch.cat([self.model.item_mf_embedding(items), self.model.item_mlp_embedding(items)], -1)
 
+    def pair_scores(self, users, items):
+        return self.model.forward(users, items)
+
     def score(self, users, items):
-        flat_users = users.unsqueeze(1).expand_as(items).reshape(-1)
-        return self.model.forward(flat_users, items.reshape(-1)).view(items.shape)
+        return self._listed_pair_scores(users, items)
 
     def all_scores(self, users):
         """NeuMF logits of ``users`` against every item, with the MLP's first layer split.
@@ -381,14 +387,6 @@ class NeuMFAdapter(BackboneAdapter):
                 hidden = (block.unsqueeze(1) + item_part.unsqueeze(0)).view(-1, item_part.shape[1])
                 scores[start:start + step] += (rest(hidden) @ w_mlp).view(len(block), n_items)
         return scores
-
-    def _all_scores_pairwise(self, users):
-        n_items = self.model.n_items
-        all_items = torch.arange(n_items, device=users.device)
-        step = max(1, self.PAIRS_PER_PASS // n_items)
-        rows = [self.score(users[i:i + step], all_items.expand(len(users[i:i + step]), n_items))
-                for i in range(0, len(users), step)]
-        return torch.cat(rows, 0)
 
 
 #: RecBole model name -> adapter class; every other general recommender gets ScoreOnlyAdapter.

@@ -1,7 +1,7 @@
 """The backbone support matrix: every RecBole general recommender as teacher and as student,
-tried end to end on tiny synthetic data.  It regenerates ``docs/backbones.md``:
+tried end to end on tiny synthetic data.  It regenerates ``docs/backbone-support.md``:
 
-    python -m recbole_derrd.harness.support_matrix --out docs/backbones.md
+    python -m recbole_derrd.harness.support_matrix --out docs/backbone-support.md
 
 Each cell is one short run through the real pipeline (:func:`recbole_derrd.quick_start.run_recbole`,
 one epoch for the student and for its teacher), so the table says what ran, not what is believed.
