@@ -14,7 +14,12 @@ cannot take a role, and are refused at start-up with the reason instead of faili
 * **DE** distils representations, so both sides need them (:func:`check_terms_fit`); the
   ranking terms need scores only.
 
-Sequential recommenders are refused for now with that reason (their data pipeline differs).
+Sequential recommenders (RecBole's 31) take both roles through the sequential data pipeline
+(:mod:`recbole_derrd.sequential_backbones`); teacher and student must then both be sequential,
+since they are compared on the same query (a training prefix).  Refused, with the reason: the
+click-through-rate models (DIN, DIEN: they score labelled candidates, not a catalogue), and the
+models that need more than item ids (item features: FDSA, GRU4RecF, SASRecF, S3Rec; knowledge
+graph embeddings: KSR, GRU4RecKG).
 """
 
 import importlib
@@ -32,6 +37,28 @@ OTHER_PACKAGES = ("recbole.model.context_aware_recommender", "recbole.model.know
 
 #: general recommenders fitted without gradient steps (closed form, counting, similarity).
 NO_GRADIENT = ("ADMMSLIM", "AsymKNN", "EASE", "ItemKNN", "NCEPLRec", "Pop", "Random", "SLIMElastic")
+
+#: sequential recommenders that need more than the item ids of a prefix -> what they need
+SEQUENTIAL_NEEDS = {
+    "DIN": "labelled candidate items (a click-through-rate model: it scores given candidates, not the "
+           "catalogue)",
+    "DIEN": "labelled candidate items (a click-through-rate model: it scores given candidates, not the "
+            "catalogue)",
+    "FDSA": "item feature fields (selected_features)",
+    "GRU4RecF": "item feature fields (selected_features)",
+    "SASRecF": "item feature fields (selected_features)",
+    "S3Rec": "item attribute fields and a pre-training stage",
+    "KSR": "pre-trained knowledge-graph embeddings",
+    "GRU4RecKG": "pre-trained knowledge-graph embeddings",
+}
+
+#: sequential models that cannot be a student, and why
+SEQUENTIAL_STUDENT_REFUSALS = {
+    "GRU4RecCPR": "its predict() is disabled in RecBole 1.2.1 (it stops with 'assert False'), and RecBole's "
+                  "run script calls it to count FLOPs; it can be a teacher",
+    "SASRecCPR": "its predict() is disabled in RecBole 1.2.1 (it stops with 'assert False'), and RecBole's "
+                 "run script calls it to count FLOPs; it can be a teacher",
+}
 
 #: model classes registered by users (name -> class), found by RecBole's get_model too.
 REGISTERED = {}
@@ -58,31 +85,81 @@ def sequential_models():
 
 
 def backbone_class(name, key="model"):
-    """The class of the general recommender named ``name``; a ValueError naming ``key`` with
-    the reason for anything else (unknown name, sequential or context-aware model)."""
+    """The class of the general or sequential recommender named ``name``; a ValueError naming
+    ``key`` with the reason for anything else (unknown name, context-aware model)."""
     if not isinstance(name, str) or not name:
-        raise ValueError("%s=%r must name a RecBole general recommender" % (key, name))
+        raise ValueError("%s=%r must name a RecBole general or sequential recommender" % (key, name))
     if name in REGISTERED:
         return REGISTERED[name]
-    general = _package_models(GENERAL_PACKAGE)
-    if name in general:
-        return general[name]
-    if name in _package_models(SEQUENTIAL_PACKAGE):
-        raise ValueError("%s=%r is a sequential recommender; the plugin distils general "
-                         "recommenders only for now (sequential data pipeline not supported yet)"
-                         % (key, name))
+    for package in (GENERAL_PACKAGE, SEQUENTIAL_PACKAGE):
+        models = _package_models(package)
+        if name in models:
+            return models[name]
     for package in OTHER_PACKAGES:
         if name in _package_models(package):
-            raise ValueError("%s=%r is a %s model; the plugin distils general recommenders only"
-                             % (key, name, package.rsplit(".", 1)[1].replace("_", " ")))
-    raise ValueError("%s=%r is not a RecBole general recommender nor a registered model; "
-                     "general recommenders: %s (register your own with "
-                     "recbole_derrd.register_backbone)" % (key, name, ", ".join(general_models())))
+            raise ValueError("%s=%r is a %s model; the plugin distils general and sequential "
+                             "recommenders" % (key, name, package.rsplit(".", 1)[1].replace("_", " ")))
+    raise ValueError("%s=%r is not a RecBole general or sequential recommender nor a registered "
+                     "model; general recommenders: %s; sequential: %s (register your own with "
+                     "recbole_derrd.register_backbone)"
+                     % (key, name, ", ".join(general_models()), ", ".join(sequential_models())))
+
+
+def is_sequential(name):
+    """Whether the model named ``name`` is a sequential recommender (RecBole's or registered)."""
+    if name in REGISTERED:
+        return getattr(REGISTERED[name], "type", None) == ModelType.SEQUENTIAL
+    return name in _package_models(SEQUENTIAL_PACKAGE)
+
+
+def _needs_more_than_ids(model_class):
+    needs = SEQUENTIAL_NEEDS.get(model_class.__name__)
+    if needs and model_class.__name__ not in REGISTERED:
+        return ("%s needs %s, which the plugin does not pass to a distilled model yet; id-only "
+                "sequential models work (e.g. SASRec, GRU4Rec, BERT4Rec)" % (model_class.__name__, needs))
+    return None
+
+
+def input_type_of(model_class, settings):
+    """The RecBole input type (pairwise / pointwise) of a backbone under ``settings`` (a dict or
+    Config): its class attribute, else (sequential models) from its ``loss_type`` as RecBole does."""
+    if hasattr(model_class, "input_type"):
+        return model_class.input_type
+    loss_type = settings["loss_type"] if "loss_type" in settings else None
+    if loss_type == "CE":
+        return InputType.POINTWISE
+    if loss_type == "BPR":
+        return InputType.PAIRWISE
+    raise ValueError("loss_type=%r of %s must be 'CE' or 'BPR'" % (loss_type, model_class.__name__))
+
+
+def needs_negatives(model_class, settings):
+    """Whether a sequential backbone's training loss reads sampled negatives: its ``loss_type``
+    when it has one (``BPR``: yes, ``CE``: no), else its input type (FPMC, TransRec: pairwise)."""
+    loss_type = settings["loss_type"] if "loss_type" in settings else None
+    if loss_type in ("BPR", "CE"):
+        return loss_type == "BPR"
+    return input_type_of(model_class, settings) == InputType.PAIRWISE
+
+
+def check_pair(student, teacher):
+    """Teacher and student must be of one kind: a sequential teacher ranks items for a prefix, a
+    general one for a user, and the terms compare the two on the same query."""
+    if is_sequential(student) != is_sequential(teacher):
+        kinds = {True: "sequential", False: "general"}
+        raise ValueError(
+            "student_model=%r is %s but teacher_model=%r is %s: the terms compare teacher and student "
+            "on the same query (a user, or a sequence prefix), so both must be general or both "
+            "sequential" % (student, kinds[is_sequential(student)], teacher, kinds[is_sequential(teacher)]))
 
 
 def student_refusal(model_class):
     """Why ``model_class`` cannot be a distilled student, or None when it can."""
     name = model_class.__name__
+    if _needs_more_than_ids(model_class):
+        return _needs_more_than_ids(model_class)
+    if name in SEQUENTIAL_STUDENT_REFUSALS and name not in REGISTERED:
+        return "%s: %s" % (name, SEQUENTIAL_STUDENT_REFUSALS[name])
     if name in NO_GRADIENT or getattr(model_class, "type", None) == ModelType.TRADITIONAL:
         return ("%s is fitted without gradient steps (closed form or counting): it has nothing to "
                 "learn from distillation; it can be a teacher for the ranking terms" % name)
@@ -91,6 +168,8 @@ def student_refusal(model_class):
     if name not in REGISTERED and hasattr(recbole.trainer, name + "Trainer"):
         return ("%s trains with RecBole's own %sTrainer, which a distilled student's trainer does "
                 "not run; it can be a teacher" % (name, name))
+    if getattr(model_class, "type", None) == ModelType.SEQUENTIAL:
+        return None  # sequential models train on RecBole's prefix batches (pointwise or pairwise)
     if getattr(model_class, "input_type", None) not in (InputType.POINTWISE, InputType.PAIRWISE):
         return ("%s reads whole user rows (%s input), which the distillation batches do not "
                 "provide; it can be a teacher" % (name, getattr(model_class, "input_type", None)))
@@ -101,6 +180,8 @@ def teacher_refusal(model_class, checkpoint_given=False):
     """Why the plugin cannot train ``model_class`` as a teacher, or None.  Staged models (RaCT:
     actor pre-training, critic pre-training, then fine-tuning from a saved file) cannot be
     trained in one call; trained with RecBole and given as ``teacher_checkpoint`` they teach."""
+    if _needs_more_than_ids(model_class):
+        return _needs_more_than_ids(model_class)
     if checkpoint_given:
         return None
     import recbole.trainer
@@ -128,7 +209,11 @@ def check_backbone(name, key, checkpoint_given=False):
 
 
 def check_terms_fit(model_name, terms, student, teacher):
-    """DE (any term needing representations) needs them from both backbones."""
+    """Teacher and student of one kind (:func:`check_pair`), terms that know their queries
+    (:func:`check_sequential_terms`), and DE (any term needing representations) with
+    representations on both sides."""
+    check_pair(student, teacher)
+    check_sequential_terms(model_name, terms, student)
     for term in terms:
         if not getattr(term, "needs_representations", False):
             continue
@@ -138,13 +223,28 @@ def check_terms_fit(model_name, terms, student, teacher):
                     "%s: its %s term distils user and item representations, but %s=%r only scores "
                     "(no representations); distil it with the ranking terms (RRD, RD, CD, IRRRD), "
                     "or use a backbone with representations (e.g. %s)"
-                    % (model_name, term.name, key, backbone, ", ".join(representation_models())))
+                    % (model_name, term.name, key, backbone,
+                       ", ".join(representation_models(is_sequential(backbone)))))
 
 
-def representation_models():
-    """General recommenders whose adapter gives DE representations, sorted."""
-    return [name for name in general_models() + sorted(REGISTERED)
-            if adapter_class(name).has_representations]
+def check_sequential_terms(model_name, terms, student):
+    """A sequential student's terms must know sequence queries (DE, RRD)."""
+    if not is_sequential(student):
+        return
+    for term in terms:
+        if not getattr(term, "sequential_queries", False):
+            raise ValueError(
+                "%s: its %s term ranks or distils per user, but student_model=%r is sequential (its "
+                "queries are sequence prefixes); for sequential backbones use DE, RRD or DERRD"
+                % (model_name, term.name, student))
+
+
+def representation_models(sequential=False):
+    """General (or sequential) recommenders whose adapter gives DE representations, sorted."""
+    names = sequential_models() if sequential else general_models()
+    return [name for name in names + sorted(REGISTERED)
+            if adapter_class(name).has_representations and is_sequential(name) == sequential
+            and not SEQUENTIAL_NEEDS.get(name)]
 
 
 def register_backbone(model_class, adapter=None):
@@ -156,23 +256,29 @@ def register_backbone(model_class, adapter=None):
 
     Call it at import time of a module (not under ``if __name__ == "__main__"``): spawned
     workers (DDP) re-import modules, not the main script's body."""
-    from recbole.model.abstract_recommender import GeneralRecommender
+    from recbole.model.abstract_recommender import GeneralRecommender, SequentialRecommender
 
-    if not (isinstance(model_class, type) and issubclass(model_class, GeneralRecommender)):
-        raise TypeError("register_backbone(%r): a RecBole GeneralRecommender subclass is required"
-                        % (model_class,))
+    if not (isinstance(model_class, type) and issubclass(model_class, (GeneralRecommender, SequentialRecommender))):
+        raise TypeError("register_backbone(%r): a RecBole GeneralRecommender or SequentialRecommender "
+                        "subclass is required" % (model_class,))
     name = model_class.__name__
-    general = _package_models(GENERAL_PACKAGE)
-    if name in general and general[name] is not model_class:
+    sequential = issubclass(model_class, SequentialRecommender)
+    package = SEQUENTIAL_PACKAGE if sequential else GENERAL_PACKAGE
+    stock = dict(_package_models(GENERAL_PACKAGE), **_package_models(SEQUENTIAL_PACKAGE))
+    if name in stock and stock[name] is not model_class:
         raise ValueError("register_backbone: %r is the name of RecBole's own model; give your class "
                          "another name" % name)
     if adapter is None:
-        ancestor = next((c.__name__ for c in model_class.__mro__[1:] if c.__name__ in general), None)
-        adapter = adapter_class(ancestor) if ancestor else adapter_class(name)
+        from recbole_derrd.backbones import ScoreOnlyAdapter
+        from recbole_derrd.sequential_backbones import SequentialScoreOnlyAdapter
+
+        ancestor = next((c.__name__ for c in model_class.__mro__[1:] if c.__name__ in stock), None)
+        adapter = (adapter_class(ancestor) if ancestor
+                   else SequentialScoreOnlyAdapter if sequential else ScoreOnlyAdapter)
     register_adapter(name, adapter)
     REGISTERED[name] = model_class
     # get_model imports recbole.model.<package>.<name lower>: give it a module holding the class
-    module_name = "%s.%s" % (GENERAL_PACKAGE, name.lower())
+    module_name = "%s.%s" % (package, name.lower())
     module = sys.modules.get(module_name)
     if module is None or getattr(module, name, None) is not model_class:
         module = types.ModuleType(module_name)

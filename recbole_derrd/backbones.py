@@ -407,10 +407,17 @@ def register_adapter(model_name, adapter):
 
 
 def adapter_class(model_name):
-    """The adapter class serving the model named ``model_name``."""
-    return ADAPTERS.get(model_name, ScoreOnlyAdapter)
+    """The adapter class serving the model named ``model_name`` (general or sequential)."""
+    if model_name in ADAPTERS:
+        return ADAPTERS[model_name]
+    from recbole_derrd.backbone_support import is_sequential
+    from recbole_derrd.sequential_backbones import SEQUENTIAL_ADAPTERS, SequentialScoreOnlyAdapter
+
+    if model_name in SEQUENTIAL_ADAPTERS:
+        return SEQUENTIAL_ADAPTERS[model_name]
+    return SequentialScoreOnlyAdapter if is_sequential(model_name) else ScoreOnlyAdapter
 
 
 def adapter_for(model):
-    """The adapter of a built model (any general recommender RecBole or the user registered)."""
+    """The adapter of a built model (any recommender RecBole or the user registered)."""
     return adapter_class(type(model).__name__)(model)

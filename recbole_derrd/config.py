@@ -19,6 +19,8 @@ import os
 import yaml
 
 TEACHER_PREFIX = "t_"
+#: the size key of the plugin's default pair (BPR), not applied to sequential backbones
+GENERAL_SIZE_KEY = "embedding_size"
 #: student-run controls that must not leak into the teacher's settings (use ``t_<key>``).
 STUDENT_ONLY_KEYS = ("resume",)
 
@@ -76,8 +78,18 @@ def read_yaml(path, loader=yaml.FullLoader):
 
 
 def stock_model_yaml(model_name, loader=yaml.FullLoader):
-    path = os.path.join(recbole_properties_dir(), "model", model_name + ".yaml")
-    return read_yaml(path, loader) if os.path.isfile(path) else {}
+    """RecBole's ``properties/model/<model_name>.yaml``; for a registered model of a user's own
+    without one, that of its nearest RecBole ancestor (a SASRec subclass keeps SASRec's defaults)."""
+    from recbole_derrd.backbone_support import REGISTERED
+
+    names = [model_name]
+    if model_name in REGISTERED:
+        names += [c.__name__ for c in REGISTERED[model_name].__mro__[1:]]
+    for name in names:
+        path = os.path.join(recbole_properties_dir(), "model", name + ".yaml")
+        if os.path.isfile(path):
+            return read_yaml(path, loader)
+    return {}
 
 
 def plugin_defaults(model_class, loader=yaml.FullLoader):
@@ -91,7 +103,7 @@ def plugin_defaults(model_class, loader=yaml.FullLoader):
 
 def layered_properties(model_class, external, loader=yaml.FullLoader):
     """Layers 2-4 above as one dict, for the backbones named by ``external`` or the defaults."""
-    from recbole_derrd.backbone_support import check_backbone, check_terms_fit
+    from recbole_derrd.backbone_support import check_backbone, check_terms_fit, is_sequential
 
     plugin = plugin_defaults(model_class, loader)
     student = external.get("student_model", plugin.get("student_model"))
@@ -101,6 +113,13 @@ def layered_properties(model_class, external, loader=yaml.FullLoader):
     check_terms_fit(model_class.__name__, model_class.terms, student, teacher)
     layers = dict(stock_model_yaml(student, loader))
     layers.update({TEACHER_PREFIX + k: v for k, v in stock_model_yaml(teacher, loader).items()})
+    # The plugin's default sizes are those of its default pair (BPR 200 -> BPR 20); a sequential
+    # backbone keeps its stock sizes unless the run sets them (hidden_size, t_hidden_size, ...).
+    plugin = dict(plugin)
+    if is_sequential(student):
+        plugin.pop(GENERAL_SIZE_KEY, None)
+    if is_sequential(teacher):
+        plugin.pop(TEACHER_PREFIX + GENERAL_SIZE_KEY, None)
     layers.update(plugin)
     return layers
 
@@ -119,12 +138,14 @@ def backbone_config(config, model_name, settings):
     """A RecBole ``Config`` for a stock backbone, sharing everything else with ``config``."""
     from recbole.utils import get_model
 
+    from recbole_derrd.backbone_support import input_type_of
+
     model_class = get_model(model_name)
     derived = copy.copy(config)
     derived.final_config_dict = dict(settings)
     derived.final_config_dict["model"] = model_name
     derived.final_config_dict["MODEL_TYPE"] = model_class.type
-    derived.final_config_dict["MODEL_INPUT_TYPE"] = model_class.input_type
+    derived.final_config_dict["MODEL_INPUT_TYPE"] = input_type_of(model_class, settings)
     derived.model = model_name
     derived.model_class = model_class
     return derived

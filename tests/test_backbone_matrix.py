@@ -1,5 +1,6 @@
 """Every RecBole 1.2.1 general recommender, as teacher (BPR student) and as student (BPR
-teacher), one short run each through the real pipeline with every term it supports combined
+teacher), and every sequential recommender (SASRec on the other side, RecBole's sequential
+protocol), one short run each through the real pipeline with every term it supports combined
 (DE-RRD, or RRD when a side only scores); teachers are cached and shared across the runs.
 Each works, or is refused at start-up with its reason (``backbone_support.student_refusal`` and
 ``teacher_refusal``).  The per-term matrix is
@@ -9,7 +10,8 @@ import sys
 
 import pytest
 
-from recbole_derrd.backbone_support import backbone_class, general_models, student_refusal, teacher_refusal
+from recbole_derrd.backbone_support import (backbone_class, general_models, sequential_models, student_refusal,
+                                            teacher_refusal)
 from recbole_derrd.harness import support_matrix
 
 
@@ -19,13 +21,13 @@ def matrix_settings(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)  # RecBole writes ./log and ./saved here
         patch.setattr(sys, "argv", ["pytest"])  # RecBole's Config reads --key=value from argv
-        yield support_matrix.tiny_settings(str(folder))
+        yield (support_matrix.tiny_settings(str(folder)), support_matrix.tiny_sequential_settings(str(folder)))
 
 
 @pytest.mark.parametrize("role", support_matrix.ROLES)
-@pytest.mark.parametrize("name", general_models())
+@pytest.mark.parametrize("name", general_models() + sequential_models())
 def test_model_in_role(matrix_settings, name, role):
-    cells = support_matrix.cells_of(name, role, matrix_settings, None)
+    cells = support_matrix.cells_of(name, role, support_matrix.settings_for(name, *matrix_settings), None)
     (method, cell), = cells.items()
     model_class = backbone_class(name)
     expected = student_refusal(model_class) if role == "student" else teacher_refusal(model_class)
@@ -33,4 +35,5 @@ def test_model_in_role(matrix_settings, name, role):
         assert cell["status"] == "refused" and expected in cell["detail"], cell
     else:
         assert cell["status"] == "ok", cell
-        assert method == support_matrix.combined_method(*((name, "BPR") if role == "teacher" else ("BPR", name)))
+        partner = support_matrix.partner_of(name)
+        assert method == support_matrix.combined_method(*((name, partner) if role == "teacher" else (partner, name)))

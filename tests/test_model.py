@@ -72,9 +72,11 @@ def test_backbone_defaults_reach_student_and_teacher(tiny):
 
 
 def test_unsupported_backbone_is_a_clear_error(tiny):
-    with pytest.raises(ValueError, match=r"student_model='SASRec' is a sequential recommender"):
+    with pytest.raises(ValueError, match=r"student_model='SASRec' is sequential but teacher_model='BPR' is "
+                                         r"general"):
         Config(model="DERRD", config_dict=dict(tiny, student_model="SASRec"))
-    with pytest.raises(ValueError, match=r"teacher_model='NoSuchModel' is not a RecBole general recommender"):
+    with pytest.raises(ValueError, match=r"teacher_model='NoSuchModel' is not a RecBole general or sequential "
+                                         r"recommender"):
         Config(model="RRD", config_dict=dict(tiny, teacher_model="NoSuchModel"))
     with pytest.raises(ValueError, match=r"DERRD: its DE term distils user and item representations, "
                                          r"but teacher_model='Pop' only scores"):

@@ -1,11 +1,13 @@
-"""The backbone support matrix: every RecBole general recommender as teacher and as student,
-tried end to end on tiny synthetic data.  It regenerates ``docs/backbone-support.md``:
+"""The backbone support matrix: every RecBole general and sequential recommender as teacher and
+as student, tried end to end on tiny synthetic data.  It regenerates ``docs/backbone-support.md``:
 
     python -m recbole_derrd.harness.support_matrix --out docs/backbone-support.md
 
 Each cell is one short run through the real pipeline (:func:`recbole_derrd.quick_start.run_recbole`,
 one epoch for the student and for its teacher), so the table says what ran, not what is believed.
-The partner of every model is BPR (BPR teaches each student; each teacher teaches a BPR student).
+The partner of every general model is BPR (BPR teaches each student; each teacher teaches a BPR
+student), of every sequential model SASRec, on a tiny dataset with timestamps (leave-one-out by
+time, full ranking: RecBole's sequential protocol).
 A refusal's reason is the start-up check's own message (:mod:`recbole_derrd.backbone_support`).
 With ``--combined`` each (model, role) runs once with every term it supports together (DE-RRD
 where both sides have representations, else RRD): the test suite's quick form.
@@ -21,6 +23,7 @@ import traceback
 #: the registered model that exercises each term (IR comes with its user-side RRD)
 TERM_MODELS = {"DE": "DE", "RRD": "RRD", "RD": "RD", "CD": "CD", "IR": "IRRRD"}
 PARTNER = "BPR"
+SEQUENTIAL_PARTNER = "SASRec"
 ROLES = ("teacher", "student")
 #: stock sizes that assume a real dataset, scaled to the tiny one (key -> value)
 TINY_OVERRIDES = {
@@ -30,6 +33,8 @@ TINY_OVERRIDES = {
     "NCL": {"num_clusters": 8},
     "DGCF": {"n_factors": 2},
     "MacridVAE": {"kfac": 2},
+    "LightSANs": {"k_interests": 3},
+    "FEARec": {"n_layers": 2},
 }
 
 
@@ -53,9 +58,57 @@ def tiny_settings(folder, n_users=60, n_items=150, interactions=1500):
     }
 
 
+def tiny_sequential_settings(folder, n_users=60, n_items=150, interactions=1500):
+    """Config dict of a one-epoch sequential run (RecBole's protocol: prefixes of each user's
+    time-ordered history, leave-one-out by time, full ranking) on seeded synthetic data."""
+    from recbole_derrd.harness.synthetic import generate, write_atomic
+
+    name = "matrix_tiny_seq"
+    if not os.path.isfile(os.path.join(folder, name, name + ".inter")):
+        users, items = generate(n_users, n_items, interactions, min_per_user=8, seed=0)
+        write_atomic(folder, name, users + 1, items + 1, timestamps=True)
+    settings = tiny_settings(folder, n_users, n_items, interactions)
+    settings.update({
+        "dataset": name, "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
+        "train_neg_sample_args": None, "MAX_ITEM_LIST_LENGTH": 10, "hidden_size": 8, "t_hidden_size": 16,
+        "inner_size": 16, "t_inner_size": 32, "n_layers": 1, "t_n_layers": 1,
+    })
+    return settings
+
+
+def _bpr_only(name):
+    from recbole.utils import get_model
+
+    from recbole_derrd.backbone_support import is_sequential
+    from recbole_derrd.config import stock_model_yaml
+
+    if not is_sequential(name):
+        return False
+    loss_type = stock_model_yaml(name).get("loss_type")
+    return loss_type == "BPR" or (loss_type is None and getattr(get_model(name), "input_type", None) is not None
+                                  and get_model(name).input_type.name == "PAIRWISE")
+
+
+def settings_for(name, settings, sequential_settings):
+    from recbole_derrd.backbone_support import is_sequential
+
+    return sequential_settings if is_sequential(name) else settings
+
+
+def partner_of(name):
+    from recbole_derrd.backbone_support import is_sequential
+
+    return SEQUENTIAL_PARTNER if is_sequential(name) else PARTNER
+
+
 def pair_settings(settings, teacher, student):
-    """``settings`` with the pair's backbones and the tiny overrides of each (teacher's as t_)."""
+    """``settings`` with the pair's backbones and the tiny overrides of each (teacher's as t_).
+    A sequential model trained with sampled negatives only (FPMC, TransRec: BPR) gets them, and
+    its partner the BPR loss too (RecBole refuses a CE loss with sampled negatives)."""
     out = dict(settings, teacher_model=teacher, student_model=student)
+    if _bpr_only(teacher) or _bpr_only(student):
+        out.update(train_neg_sample_args={"distribution": "uniform", "sample_num": 1}, loss_type="BPR")
     out.update(TINY_OVERRIDES.get(student, {}))
     out.update({"t_" + key: value for key, value in TINY_OVERRIDES.get(teacher, {}).items()})
     return out
@@ -105,19 +158,21 @@ def run_pair(method, teacher, student, settings):
 
 
 def cells_of(name, role, settings, methods):
-    """{method: cell} for model ``name`` in ``role`` (BPR on the other side)."""
-    teacher, student = (name, PARTNER) if role == "teacher" else (PARTNER, name)
+    """{method: cell} for model ``name`` in ``role`` (its partner on the other side)."""
+    partner = partner_of(name)
+    teacher, student = (name, partner) if role == "teacher" else (partner, name)
     if methods is None:
         methods = [combined_method(teacher, student)]
     return {method: run_pair(method, teacher, student, settings) for method in methods}
 
 
-def matrix(models, settings, methods=None, log=print):
+def matrix(models, settings, sequential_settings, methods=None, log=print):
     """{(model, role): {method: cell}} over ``models``, both roles."""
     cells = {}
     for name in models:
         for role in ROLES:
-            cells[(name, role)] = cells_of(name, role, settings, methods)
+            cells[(name, role)] = cells_of(name, role, settings_for(name, settings, sequential_settings),
+                                           methods)
             log("%s as %s: %s" % (name, role, ", ".join(
                 "%s %s" % (m, c["status"]) for m, c in cells[(name, role)].items())))
     return cells
@@ -158,12 +213,26 @@ def table(cells, models, methods):
     return lines
 
 
+def _shown_arguments(argv):
+    """The command's arguments without ``--work_dir`` and its value (a machine's own path)."""
+    shown, skip = [], False
+    for argument in argv:
+        if skip:
+            skip = False
+        elif argument == "--work_dir":
+            skip = True
+        elif not argument.startswith("--work_dir="):
+            shown.append(argument)
+    return shown
+
+
 def main(argv=None):
-    from recbole_derrd.backbone_support import general_models
+    from recbole_derrd.backbone_support import general_models, is_sequential, sequential_models
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="markdown file to (re)write; printed when absent")
-    parser.add_argument("--models", help="comma-separated subset (default: every general recommender)")
+    parser.add_argument("--models", help="comma-separated subset (default: every general and sequential "
+                                         "recommender)")
     parser.add_argument("--combined", action="store_true", help="one run per (model, role), terms combined")
     parser.add_argument("--work_dir", help="where data, logs and teachers go (default: a temporary folder)")
     argv = sys.argv[1:] if argv is None else argv
@@ -172,22 +241,28 @@ def main(argv=None):
 
     import recbole_derrd  # noqa: F401  (registers the plugin)
 
-    models = args.models.split(",") if args.models else general_models()
+    models = args.models.split(",") if args.models else general_models() + sequential_models()
     methods = None if args.combined else list(TERM_MODELS.values())
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="support-matrix-")
     os.chdir(work_dir)  # RecBole writes ./log and ./saved here
     start = time.perf_counter()
-    cells = matrix(models, tiny_settings(work_dir), methods, log=lambda line: print(line, flush=True))
+    cells = matrix(models, tiny_settings(work_dir), tiny_sequential_settings(work_dir), methods,
+                   log=lambda line: print(line, flush=True))
     shown = methods or ["combined"]
     if methods is None:
         cells = {key: {"combined": next(iter(value.values()))} for key, value in cells.items()}
     lines = ["# Backbone support (generated)", "",
              "Generated by `python -m recbole_derrd.harness.support_matrix%s` in %.0f s: every model "
-             "below ran one epoch as a teacher (BPR student) and as a student (BPR teacher) on tiny "
-             "synthetic data, through `run_recbole`; \"yes\" means the run finished and tested. "
+             "below ran one epoch as a teacher and as a student on tiny synthetic data, through "
+             "`run_recbole`, with BPR on the other side (general models) or SASRec (sequential "
+             "models, RecBole's sequential protocol); \"yes\" means the run finished and tested. "
              "IR is exercised through `IRRRD` (with its user-side RRD). Do not edit by hand."
-             % ("".join(" " + a for a in argv if not a.startswith("--work_dir")), time.perf_counter() - start), ""]
-    lines += table(cells, models, shown)
+             % ("".join(" " + a for a in _shown_arguments(argv)), time.perf_counter() - start), ""]
+    general = [m for m in models if not is_sequential(m)]
+    sequential = [m for m in models if is_sequential(m)]
+    for title, group in (("General recommenders", general), ("Sequential recommenders", sequential)):
+        if group:
+            lines += ["## %s" % title, ""] + table(cells, group, shown) + [""]
     text = "\n".join(lines) + "\n"
     if out:
         from recbole_derrd.atomic import atomic_write_text

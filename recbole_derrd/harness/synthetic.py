@@ -69,17 +69,20 @@ def generate(n_users, n_items, n_interactions, user_exponent=0.8, item_exponent=
     return keys // n_items, keys % n_items
 
 
-def write_atomic(folder, name, users, items):
-    """``<folder>/<name>/<name>.inter`` with user_id:token and item_id:token columns."""
+def write_atomic(folder, name, users, items, timestamps=False):
+    """``<folder>/<name>/<name>.inter`` with user_id:token and item_id:token columns, and with
+    ``timestamps`` a timestamp:float column (the rows' order: what sequential models read)."""
     path = os.path.join(folder, name)
     os.makedirs(path, exist_ok=True)
     target = os.path.join(path, name + ".inter")
 
     def write(handle):
-        handle.write("user_id:token\titem_id:token\n")
+        handle.write("user_id:token\titem_id:token" + ("\ttimestamp:float\n" if timestamps else "\n"))
         for start in range(0, len(users), 1 << 20):
-            block = np.stack([users[start:start + (1 << 20)], items[start:start + (1 << 20)]], 1)
-            np.savetxt(handle, block, fmt="%d", delimiter="\t")
+            columns = [users[start:start + (1 << 20)], items[start:start + (1 << 20)]]
+            if timestamps:
+                columns.append(np.arange(start, start + len(columns[0])))
+            np.savetxt(handle, np.stack(columns, 1), fmt="%d", delimiter="\t")
 
     atomic_write(target, write, binary=False)
     return target

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from recbole.data.transform import construct_transform
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType, ModelType, get_model
 
@@ -75,6 +76,10 @@ class DistilledRecommender(GeneralRecommender):
         # The teacher's shell is built on a forked RNG so the student's initial weights (and
         # everything after) match a stock run of the student backbone with the same seed.
         self.teacher_config = teacher_config(config)
+        # A batch transform (BERT4Rec's masking) names the fields it adds in the config, and the
+        # model reads those names when built: RecBole builds the loader first; the teacher's
+        # loader comes later, so its transform declares them now.
+        construct_transform(self.teacher_config)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config["seed"])
             teacher = get_model(config["teacher_model"])(self.teacher_config, dataset)
@@ -86,11 +91,20 @@ class DistilledRecommender(GeneralRecommender):
         self.terms_prepare_seconds = None
 
         self.kd_reduction = one_of(config, "kd_reduction", KD_REDUCTIONS)
+        #: sequential backbones: the terms' rows are the batch's prefixes (see sequential_backbones)
+        self.sequential = getattr(self.student_adapter, "sequential", False)
+        if self.sequential:
+            self.ITEM_SEQ = self.student.ITEM_SEQ
+            if self.student_adapter.has_representations:
+                self.student_adapter.remember_forward()
         self.context = DistillationContext(
             self.student_adapter, self.teacher_adapter, self.n_users, self.n_items, config["seed"],
             config["device"], self.training_counts(dataset, self.USER_ID, self.n_users),
             token_label(dataset, self.USER_ID), self.training_counts(dataset, self.ITEM_ID, self.n_items),
-            token_label(dataset, self.ITEM_ID))
+            token_label(dataset, self.ITEM_ID),
+            max_prefix_length=config["MAX_ITEM_LIST_LENGTH"] if self.sequential else None)
+        if self.sequential:
+            self.context.prefix_fields = (self.USER_ID, self.student.ITEM_SEQ_LEN, self.ITEM_ID, self.ITEM_SEQ)
         self.distillation_terms = [term.from_config(config, self.context) for term in self.terms]
         for term in self.distillation_terms:
             for name, module in term.modules().items():
@@ -131,6 +145,8 @@ class DistilledRecommender(GeneralRecommender):
         self.teacher_adapter.begin_step()
         self.context.batches_per_epoch = len(train_data)
         train_matrix = train_data._dataset.inter_matrix(form="csr").astype(np.float32)
+        if self.sequential:
+            self.context.training_prefixes = train_data._dataset.inter_feat
         for term in self.distillation_terms:
             term.prepare(self.context, train_matrix)
         self.terms_prepare_seconds = time.perf_counter() - start
@@ -151,10 +167,20 @@ class DistilledRecommender(GeneralRecommender):
         return items[label > 0.5], items[label <= 0.5]
 
     def batch(self, interaction):
-        return Batch(torch.unique(interaction[self.USER_ID]), *self._batch_items(interaction))
+        if not self.sequential:
+            return Batch(torch.unique(interaction[self.USER_ID]), *self._batch_items(interaction))
+        # a sequential batch's rows are its prefixes; the terms index them by row
+        positives, negatives = self._batch_items(interaction)
+        batch = Batch(torch.arange(len(interaction), device=positives.device), positives, negatives)
+        batch.excluded = self.context.excluded_items(interaction)
+        batch.interaction = interaction
+        return batch
 
     def calculate_loss(self, interaction):
         self.student_adapter.begin_step()
+        if self.sequential:
+            self.student_adapter.bind(interaction)
+            self.teacher_adapter.bind(interaction)
         base = self.student.calculate_loss(interaction)
         if isinstance(base, tuple):
             base = sum(base)

@@ -18,6 +18,7 @@ sampler code they call (:mod:`recbole_derrd.distillation`) knows neither RecBole
 import math
 
 import numpy as np
+import torch
 
 
 #: ``kd_implementation``: the plugin's fast paths, or the straightforward computation of the
@@ -61,6 +62,13 @@ def non_negative_int(config, key):
     return value
 
 
+def boolean(config, key):
+    value = config[key]
+    if not isinstance(value, bool):
+        raise ValueError("%s=%r must be True or False" % (key, value))
+    return value
+
+
 def one_of(config, key, allowed):
     value = config[key]
     if value not in allowed:
@@ -73,7 +81,7 @@ class DistillationContext:
     """The student's and the teacher's adapters and the facts about the data a term may use."""
 
     def __init__(self, student, teacher, n_users, n_items, seed, device, train_counts, user_label,
-                 item_counts, item_label):
+                 item_counts, item_label, max_prefix_length=None):
         self.student = student  # BackboneAdapter
         self.teacher = teacher  # BackboneAdapter
         self.n_users = n_users
@@ -85,6 +93,28 @@ class DistillationContext:
         self.item_counts = item_counts  # [n_items] numpy: training interactions per item
         self.item_label = item_label  # internal item id -> text for messages
         self.batches_per_epoch = None  # training batches per epoch, known once the loader is (prepare)
+        #: sequential backbones: a term's rows are the bound batch's prefixes, not user ids
+        self.sequential = getattr(student, "sequential", False)
+        self.max_prefix_length = max_prefix_length  # MAX_ITEM_LIST_LENGTH (sequential)
+        #: sequential: also keep a prefix's own items out of its lists (set by the RRD term)
+        self.exclude_prefix_items = False
+        #: sequential: (user, prefix length, target, prefix items) field names of a batch
+        self.prefix_fields = None
+        #: sequential: every training prefix (RecBole's augmented train Interaction), at prepare
+        self.training_prefixes = None
+
+    def excluded_items(self, interaction):
+        """Sequential: [rows, E] items never listed for a prefix: its target, and with
+        ``exclude_prefix_items`` its own items (0, the padding id, fills short prefixes)."""
+        _, _, target, prefix = self.prefix_fields
+        targets = interaction[target].view(-1, 1)
+        return torch.cat([targets, interaction[prefix]], 1) if self.exclude_prefix_items else targets
+
+    def prefix_keys(self, interaction):
+        """Sequential: [rows] keys identifying each row's query (see ``PrefixTopTable``)."""
+        from recbole_derrd.distillation.query_lists import prefix_keys
+
+        return prefix_keys(*(interaction[field] for field in self.prefix_fields))
 
     def teacher_ranking(self, train_matrix, depth):
         """The teacher's ``depth`` best unobserved items per user, [n_users, depth] numpy;
@@ -95,7 +125,8 @@ class DistillationContext:
 
 
 class Batch:
-    """One training batch as the terms see it: its distinct users, positive and negative items."""
+    """One training batch as the terms see it: its distinct users (sequential backbones: its
+    row indices, one prefix each), positive and negative items."""
 
     def __init__(self, users, positives, negatives):
         self.users = users
@@ -103,6 +134,10 @@ class Batch:
         self.negatives = negatives
         #: [users, K + L] items the RRD term ranked for these users (set by it; IR reads it)
         self.ranked_items = None
+        #: sequential: [rows, E] items never listed for a row (its target; its prefix's items)
+        self.excluded = None
+        #: sequential: the batch's Interaction (its prefixes)
+        self.interaction = None
 
 
 class DistillationTerm:
@@ -112,6 +147,8 @@ class DistillationTerm:
     name = None
     #: whether the term reads user and item representations (else scores only)
     needs_representations = False
+    #: whether the term works with sequential backbones (rows = a batch's prefixes)
+    sequential_queries = False
 
     def __init__(self, weight):
         self.weight = weight

@@ -30,6 +30,10 @@ class DE(DistillationTerm):
 
     The rows drawn depend only on (seed, epoch, batch number): a resumed run draws the same.
 
+    Sequential backbones: the user side is the batch's prefixes (the student's sequence
+    representation against the teacher's for the same prefix, see
+    :mod:`recbole_derrd.sequential_backbones`), the item side the item embeddings.
+
     ``kd_implementation: reference`` computes the paper's rows the straightforward way the
     official code does (three calls per batch, every expert densely at every tau, autograd), to
     measure what the fast paths save; the loss is the same.
@@ -37,6 +41,7 @@ class DE(DistillationTerm):
 
     name = "DE"
     needs_representations = True
+    sequential_queries = True
 
     def __init__(self, context, weight, tau_start, tau_end, anneal_epochs, num_experts, threshold,
                  rows="batch", max_rows=0, reference=False):
@@ -47,6 +52,9 @@ class DE(DistillationTerm):
         self.rows, self.max_rows = rows, max_rows
         self.seed = context.seed
         self.n_users, self.n_items = context.n_users, context.n_items
+        # sequential backbones: the query rows are the batch's prefixes, each in one batch per
+        # epoch already, so only the item side rotates under de_rows='epoch'
+        self.sequential = context.sequential
         self.user_experts = DistillationExperts(
             self.student.user_dim, self.teacher.user_dim, num_experts, threshold)
         self.item_experts = DistillationExperts(
@@ -96,7 +104,7 @@ class DE(DistillationTerm):
             if not self.batches_per_epoch:
                 raise RuntimeError("de_rows='epoch' needs the batches per epoch; use prepare_distillation")
             shares = (self.batches_per_epoch, self.rank, self.world_size)
-            self._user_rotation = _Rotation(self.n_users, self._generator, *shares)
+            self._user_rotation = None if self.sequential else _Rotation(self.n_users, self._generator, *shares)
             self._item_rotation = _Rotation(self.n_items, self._generator, *shares)
 
     def raw_loss(self, batch):
@@ -108,7 +116,9 @@ class DE(DistillationTerm):
         # what the paper's rows weigh: 1 per distinct user, 0.5 per distinct positive / negative item
         user_mass, item_mass = float(users.numel()), 0.5 * items.numel()
         if self.rows == "epoch":
-            users, items = self._user_rotation.next(users.device), self._item_rotation.next(items.device)
+            if self._user_rotation is not None:
+                users = self._user_rotation.next(users.device)
+            items = self._item_rotation.next(items.device)
         elif self.max_rows:
             users, items = self._sample(users), self._sample(items)
         loss = self._part(self.user_experts, self.student.user_repr, self.teacher.user_repr, users,
