@@ -38,7 +38,7 @@ SIZES = {"hidden_size": 16, "inner_size": 64, "n_layers": 1, "t_hidden_size": 64
 def settings(batch_size, cache_mib):
     return dict(SIZES, student_model="SASRec", teacher_model="SASRec", train_neg_sample_args=None,
                 train_batch_size=batch_size, state="ERROR", show_progress=False, de_rows="epoch",
-                rrd_prefix_cache_mib=cache_mib)
+                prefix_cache_mib=cache_mib)
 
 
 def prepared(model_name, batch_size, cache_mib=1024):
@@ -178,7 +178,7 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=1024)
     parser.add_argument("--memory_items", type=int, default=100000)
     parser.add_argument("--cache_mib", type=float, default=1024,
-                        help="rrd_prefix_cache_mib of the distilled rows (0: teacher scoring per batch)")
+                        help="prefix_cache_mib of the distilled rows (0: teacher scoring per batch)")
     parser.add_argument("--row", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     add_common_arguments(parser, data_path=False)
@@ -210,7 +210,7 @@ def main(argv=None):
     memory = child_result(base + ["--memory", "--memory_items", str(args.memory_items)], "memory")
     student = statistics.median(per_row[0])
     lines = [environment, "",
-             "ml-100k, RecBole's sequential protocol, train_batch_size %d, rrd_prefix_cache_mib %g; %d of "
+             "ml-100k, RecBole's sequential protocol, train_batch_size %d, prefix_cache_mib %g; %d of "
              "the epoch's %d batches per timed pass; %d rounds x %d passes per row, each row in its own "
              "process; setup: the terms' one-off preparation (the prefix table: one teacher pass over "
              "every training prefix)" % (args.batch_size, args.cache_mib, batches[0], batches[1], args.rounds,

@@ -40,11 +40,12 @@ class SequentialAdapter(BackboneAdapter):
         super().__init__(model)
         self._batch = None
         self._query = None
-        self._arguments = [_SEQ_ARGUMENTS.get(name) for name in
-                           inspect.signature(model.forward).parameters]
+        # the class's forward: the instance's may be a RememberedForward wrapping it
+        signature = inspect.signature(type(model).forward)
+        self._arguments = [_SEQ_ARGUMENTS.get(name) for name in list(signature.parameters)[1:]]
         if None in self._arguments:
             raise TypeError("%s.forward%s: cannot tell which arguments are the prefix"
-                            % (type(model).__name__, inspect.signature(model.forward)))
+                            % (type(model).__name__, signature))
 
     # ------------------------------------------------------------------ the bound batch
     def bind(self, interaction):
@@ -61,8 +62,25 @@ class SequentialAdapter(BackboneAdapter):
     def queries(self):
         """[B, d] query vectors of the bound batch under the current weights (once per step)."""
         if self._query is None:
-            self._query = self.query_of(self._bound())
+            self._query = self._from_table(self._bound())
+            if self._query is None:
+                self._query = self.query_of(self._bound())
         return self._query
+
+    def use_prefix_table(self, table, key_fn):
+        """Read query vectors from ``table`` (a frozen teacher's, computed once) for batches
+        whose every prefix it holds; ``key_fn(interaction)`` gives the rows' keys."""
+        self._table, self._key_fn = table, key_fn
+
+    def _from_table(self, interaction):
+        table = getattr(self, "_table", None)
+        if table is None or table.queries is None:
+            return None
+        found, position = table.positions(self._key_fn(interaction))
+        if not bool(found.all()):
+            return None
+        device = interaction[self.model.ITEM_SEQ].device
+        return table.queries[position].to(device)
 
     def forward_arguments(self, interaction):
         """The arguments the model's ``forward`` takes for ``interaction``'s prefixes."""

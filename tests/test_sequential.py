@@ -119,18 +119,19 @@ def test_query_lists_are_reproducible_ordered_and_blocked():
 
 
 def test_prefix_keys_and_table_find_rows_again():
-    from recbole_derrd.distillation.query_lists import PrefixTopTable, prefix_keys
+    from recbole_derrd.distillation.query_lists import PrefixTable, prefix_keys
 
     users, lengths, targets = torch.tensor([1, 1, 2]), torch.tensor([2, 3, 2]), torch.tensor([5, 6, 5])
     prefixes = torch.tensor([[0, 3, 4], [3, 4, 5], [0, 3, 4]])
     keys = prefix_keys(users, lengths, targets, prefixes)
     assert len(set(keys.tolist())) == 3  # the rows differ in user, length or items
     assert torch.equal(keys, prefix_keys(users, lengths, targets, prefixes))  # same keys in any process
-    table = PrefixTopTable(keys, torch.tensor([[10, 11], [20, 21], [30, 31]]))
-    found, top = table.lookup(torch.cat([keys[[2, 0]], prefix_keys(users[:1], lengths[:1], targets[1:2],
-                                                                    prefixes[:1])]))
+    table = PrefixTable(keys, torch.tensor([[10, 11], [20, 21], [30, 31]]), torch.tensor([[1.], [2.], [3.]]))
+    found, position = table.positions(torch.cat([keys[[2, 0]], prefix_keys(users[:1], lengths[:1], targets[1:2],
+                                                                            prefixes[:1])]))
     assert found.tolist() == [True, True, False]
-    assert top[:2].tolist() == [[30, 31], [10, 11]]
+    assert table.top[position[:2]].tolist() == [[30, 31], [10, 11]]
+    assert table.queries[position[:2]].view(-1).tolist() == [3., 1.]
 
 
 def test_query_lists_say_when_a_query_has_no_room():
@@ -158,8 +159,8 @@ def prepared(model_name, settings):
 @pytest.mark.parametrize("exclude_prefix", [False, True])
 def test_rrd_lists_are_the_teachers_ranking_for_the_same_prefix(tiny_seq, exclude_prefix, cache_mib):
     model, train = prepared("RRD", dict(tiny_seq, rrd_exclude_prefix_items=exclude_prefix, t_epochs=1,
-                                        rrd_prefix_cache_mib=cache_mib))
-    table = model.term("RRD").table
+                                        prefix_cache_mib=cache_mib))
+    table = model.context.prefix_table
     assert (table is None) == (cache_mib == 0)
     if table is not None:
         assert table.top.shape == (len(train._dataset.inter_feat), 20)
@@ -199,6 +200,12 @@ def test_sequential_de_distils_the_prefix_representation(tiny_seq):
     assert (de.user_experts.student_dim, de.user_experts.teacher_dim) == (8, 16)
     model.start_epoch(0)
     batch = first_batch(train)
+    # the teacher's prefix representations come from the prefix table, equal to its forward
+    assert model.context.prefix_table.queries.shape == (len(train._dataset.inter_feat), 16)
+    model.teacher_adapter.bind(batch)
+    with torch.no_grad():
+        own = model.teacher.forward(batch[model.ITEM_SEQ], batch[model.student.ITEM_SEQ_LEN])
+    torch.testing.assert_close(model.teacher_adapter.queries(), own)
     base, de_loss, rrd_loss = model.calculate_loss(batch)
     (base + de_loss + rrd_loss).backward()
     assert model.student.item_embedding.weight.grad.abs().sum() > 0
@@ -257,3 +264,49 @@ def test_a_users_own_sequential_model_is_registered(tiny_seq):
     result = run_recbole("DERRD", config_dict=dict(tiny_seq, student_model="ShortSASRec", epochs=1, t_epochs=1),
                          saved=False)
     assert 0 <= result["test_result"]["ndcg@10"] <= 1
+
+
+# --------------------------------------------------------------------------- around the run
+def test_resumed_sequential_run_matches_the_uninterrupted_one(tiny_seq, workdir):
+    import glob
+
+    settings = dict(tiny_seq, epochs=4, t_epochs=1, stopping_step=100, eval_step=1)
+    straight = run_recbole("DERRD", config_dict=dict(settings, checkpoint_dir=str(workdir / "a"),
+                                                     teacher_cache_dir=str(workdir / "teachers")), saved=True)
+    short = dict(settings, epochs=2, checkpoint_dir=str(workdir / "b"), teacher_cache_dir=str(workdir / "teachers"))
+    run_recbole("DERRD", config_dict=short, saved=True)
+    last = glob.glob(str(workdir / "b" / "DERRD-*-last.pth"))[0]
+    resumed = run_recbole("DERRD", config_dict=dict(short, epochs=4, resume=last), saved=True)
+    assert resumed["best_valid_result"] == straight["best_valid_result"]
+    assert resumed["test_result"] == straight["test_result"]
+
+
+def test_next_items_from_a_history_match_the_models_ranking(tiny_seq):
+    from recbole_derrd.quick_start import load_data_and_model
+    from recbole_derrd.serving.inference import recommend, recommend_next, user_histories
+    from recbole_derrd.serving.export import export_student
+
+    result = run_recbole("RRD", config_dict=dict(tiny_seq, epochs=1, t_epochs=1), saved=True)
+    _, model, _, train, _, test = load_data_and_model(result["saved_model_file"])
+    model.eval()
+    batch = test._dataset.inter_feat[:12]  # a test row: the whole history before its test item
+    lengths = batch[model.student.ITEM_SEQ_LEN]
+    histories = [batch[model.ITEM_SEQ][row, :lengths[row]].tolist() for row in range(12)]
+    scores, items = recommend_next(model, histories, k=5)
+    with torch.no_grad():
+        own = model.full_sort_predict(batch).view(12, -1)
+    own[:, 0] = -torch.inf
+    torch.testing.assert_close(scores, torch.topk(own, 5, dim=1).values, rtol=1e-4, atol=1e-5)
+    _, without = recommend_next(model, histories, k=5, exclude_history=True)
+    assert all(not set(without[row].tolist()) & set(histories[row]) for row in range(12))
+    # a user's training sequence, as the dataset holds it, ends with its last training target
+    user = int(train._dataset.inter_feat[model.USER_ID][0])
+    (history,) = user_histories(train._dataset, [user])
+    rows = train._dataset.inter_feat[model.USER_ID] == user
+    assert history[-1] == int(train._dataset.inter_feat[model.ITEM_ID][rows][-1])
+    with pytest.raises(TypeError, match="use recommend_next"):
+        recommend(model, [1, 2])
+    # the student exports as a stock SASRec
+    paths = export_student(result["saved_model_file"], str(tiny_seq["checkpoint_dir"] + "/exported"))
+    state = torch.load(paths["weights"], weights_only=True)
+    assert set(state) == set(model.student.state_dict())

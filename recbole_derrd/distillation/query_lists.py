@@ -122,26 +122,28 @@ def prefix_keys(users, lengths, targets, prefixes):
     return (columns.cpu() * weights).sum(1)  # int64 arithmetic wraps modulo 2^64
 
 
-class PrefixTopTable:
-    """The teacher's top-N of every training prefix, computed once (the teacher is frozen and
-    RecBole's training prefixes are the same every epoch, only reshuffled), found again by key.
+class PrefixTable:
+    """What the frozen teacher says about every training prefix, computed once and found again
+    by key: its top-N items (RRD) and its prefix representation (DE).  RecBole's training
+    prefixes are the same every epoch (only reshuffled) and the teacher does not change, so one
+    teacher pass before training replaces one per epoch.
 
-    ``[prefixes, N]`` int32: its size is the price (ml-100k's 99k prefixes at N = 500: 198 MB),
-    which ``rrd_prefix_cache_mib`` bounds; rows not in the table (none in training) are scored
-    per batch."""
+    The price is memory, ``prefixes x (4 N + 4 d)`` bytes (ml-100k's 99k prefixes at N = 500
+    and d = 64: 223 MB), which ``prefix_cache_mib`` bounds; a row the table lacks (a transform
+    changed its prefix) is computed from the teacher on the spot."""
 
-    def __init__(self, keys, top):
+    def __init__(self, keys, top=None, queries=None):
         order = torch.argsort(keys)
         self.keys = keys[order]
-        self.top = top[order].to(torch.int32 if top.max() < 2 ** 31 else torch.long)
+        self.top = None if top is None else top[order].to(torch.int32 if top.max() < 2 ** 31 else torch.long)
+        self.queries = None if queries is None else queries[order]
 
     def __deepcopy__(self, memo):
         return self  # read-only; RecBole's get_flops deep-copies the model
 
-    def lookup(self, keys):
-        """(found [R] bool, top [R, N] rows for the found ones, zeros elsewhere)."""
+    def positions(self, keys):
+        """(found [R] bool, positions [R] into the table; meaningless where not found)."""
         if not len(self.keys):
-            return torch.zeros(len(keys), dtype=torch.bool), None
+            return torch.zeros(len(keys), dtype=torch.bool), torch.zeros(len(keys), dtype=torch.long)
         position = torch.searchsorted(self.keys, keys).clamp_(max=len(self.keys) - 1)
-        found = self.keys[position] == keys
-        return found, self.top[position]
+        return self.keys[position] == keys, position

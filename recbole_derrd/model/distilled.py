@@ -29,7 +29,7 @@ from recbole_derrd.terms import IR as IRTerm
 from recbole_derrd.terms import RD as RDTerm
 from recbole_derrd.terms import RRD as RRDTerm
 from recbole_derrd.terms import Batch, DistillationContext
-from recbole_derrd.terms.base import one_of
+from recbole_derrd.terms.base import non_negative, one_of
 
 KD_REDUCTIONS = ("per_row", "sum")
 
@@ -91,6 +91,7 @@ class DistilledRecommender(GeneralRecommender):
         self.terms_prepare_seconds = None
 
         self.kd_reduction = one_of(config, "kd_reduction", KD_REDUCTIONS)
+        self.prefix_cache_mib = non_negative(config, "prefix_cache_mib")
         #: sequential backbones: the terms' rows are the batch's prefixes (see sequential_backbones)
         self.sequential = getattr(self.student_adapter, "sequential", False)
         if self.sequential:
@@ -145,11 +146,49 @@ class DistilledRecommender(GeneralRecommender):
         self.teacher_adapter.begin_step()
         self.context.batches_per_epoch = len(train_data)
         train_matrix = train_data._dataset.inter_matrix(form="csr").astype(np.float32)
-        if self.sequential:
-            self.context.training_prefixes = train_data._dataset.inter_feat
         for term in self.distillation_terms:
             term.prepare(self.context, train_matrix)
+        if self.sequential and self.context.prefix_table is None:
+            self.context.prefix_table = self.prefix_table(train_data._dataset.inter_feat)
         self.terms_prepare_seconds = time.perf_counter() - start
+
+    #: training prefixes per teacher pass while the prefix table is built
+    PREFIX_BLOCK = 1024
+
+    def prefix_table(self, prefixes):
+        """Sequential: the frozen teacher's top-N (RRD) and prefix representation (DE) of every
+        training prefix, one teacher pass over them, when the table fits ``prefix_cache_mib``
+        (else None: the terms ask the teacher per batch)."""
+        from recbole_derrd.distillation.query_lists import PrefixTable
+
+        ranking = next((t for t in self.distillation_terms if hasattr(t, "prefix_top")), None)
+        queries = self.teacher_adapter.has_representations and any(
+            t.needs_representations for t in self.distillation_terms)
+        if ranking is None and not queries:
+            return None
+        row_bytes = 8 + (4 * ranking.top_n if ranking else 0) + (4 * self.teacher_adapter.user_dim if queries else 0)
+        need_mib = len(prefixes) * row_bytes / 2 ** 20
+        if need_mib > self.prefix_cache_mib:
+            self.logger.info("prefix table not kept: %d training prefixes need %.0f MiB > prefix_cache_mib=%g; "
+                             "the teacher answers per batch" % (len(prefixes), need_mib, self.prefix_cache_mib))
+            return None
+        keys, tops, vectors = [], [], []
+        with torch.no_grad():
+            for start in range(0, len(prefixes), self.PREFIX_BLOCK):
+                block = prefixes[start:start + self.PREFIX_BLOCK].to(self.config["device"])
+                self.teacher_adapter.bind(block)
+                keys.append(self.context.prefix_keys(block))
+                if ranking is not None:
+                    rows = torch.arange(len(block), device=self.config["device"])
+                    tops.append(ranking.prefix_top(rows, self.context.excluded_items(block)).cpu())
+                if queries:
+                    vectors.append(self.teacher_adapter.queries().float().cpu())
+        self.teacher_adapter.bind(None)
+        table = PrefixTable(torch.cat(keys), torch.cat(tops) if tops else None,
+                            torch.cat(vectors) if vectors else None)
+        if queries:
+            self.teacher_adapter.use_prefix_table(table, self.context.prefix_keys)
+        return table
 
     def start_epoch(self, epoch):
         """Per-epoch state of every term (annealed temperatures, sampled lists)."""

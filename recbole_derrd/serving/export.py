@@ -51,6 +51,9 @@ def plain_settings(config):
     settings = {k: v for k, v in config.final_config_dict.items()
                 if k not in DERIVED_KEYS and _yaml_safe(v)}
     settings = yaml.safe_load(yaml.safe_dump(settings))  # tuples -> lists
+    negatives = settings.get("train_neg_sample_args")
+    if isinstance(negatives, dict) and negatives.get("distribution") == "none":
+        settings["train_neg_sample_args"] = None  # RecBole writes a None back in this form, and refuses it
     if config["dataset"] != "ml-100k":  # RecBole appends the dataset name to data_path itself
         settings["data_path"] = os.path.dirname(os.path.normpath(config["data_path"]))
     return settings

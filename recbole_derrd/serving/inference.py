@@ -97,6 +97,9 @@ def recommend(model, users, k=20, exclude=None, user_block=None):
         (scores [len(users), k], items [len(users), k]) tensors, best first.
     """
     backbone = getattr(model, "student", model)
+    if getattr(adapter_for(backbone), "sequential", False):
+        raise TypeError("%s is a sequential recommender: it recommends from an item sequence, not a user id; "
+                        "use recommend_next(model, user_histories(dataset, users))" % type(backbone).__name__)
     was_training = backbone.training
     backbone.eval()
     try:
@@ -120,6 +123,80 @@ def recommend(model, users, k=20, exclude=None, user_block=None):
             values, items = torch.topk(scores, k, dim=1)
             parts_scores.append(values)
             parts_items.append(items)
+        return torch.cat(parts_scores), torch.cat(parts_items)
+    finally:
+        backbone.train(was_training)
+
+
+# --------------------------------------------------------------------------- sequential backbones
+def user_histories(dataset, users):
+    """Each user's item sequence as a sequential dataset holds it (internal ids, oldest first):
+    the prefix and target of the user's last row, i.e. everything up to that row's target
+    (train data: the training sequence; test data: up to the test item).  At most
+    ``MAX_ITEM_LIST_LENGTH`` items are kept before the target, as RecBole keeps them."""
+    feat = dataset.inter_feat
+    seq_field = dataset.config["ITEM_ID_FIELD"] + dataset.config["LIST_SUFFIX"]
+    len_field = dataset.config["ITEM_LIST_LENGTH_FIELD"]
+    all_users = feat[dataset.uid_field].cpu().numpy()
+    last = {int(u): row for row, u in enumerate(all_users)}  # rows are ordered in time per user
+    histories = []
+    for user in users:
+        if int(user) not in last:
+            raise KeyError("user %d has no row in this dataset" % int(user))
+        row = last[int(user)]
+        length = int(feat[len_field][row])
+        histories.append(feat[seq_field][row, :length].tolist() + [int(feat[dataset.iid_field][row])])
+    return histories
+
+
+@torch.no_grad()
+def recommend_next(model, histories, k=20, exclude_history=False, block=256, users=None):
+    """Top-k next items after each item sequence, from a sequential model (or a distilled one:
+    its student).
+
+    Args:
+        histories: item-id sequences (internal ids, oldest first), e.g. :func:`user_histories`;
+            each is cut to its last ``MAX_ITEM_LIST_LENGTH`` items, as RecBole's prefixes are.
+        exclude_history: never recommend an item of the sequence itself.
+        block: sequences scored per pass ([block, n_items] scores at a time).
+        users: the sequences' internal user ids, for models that read the user too (Caser, HRM,
+            SHAN, FOSSIL, NPE, HGN, FPMC, TransRec).
+    Returns:
+        (scores [len(histories), k], items [len(histories), k]) tensors, best first.
+    """
+    from recbole.data.interaction import Interaction
+
+    backbone = getattr(model, "student", model)
+    adapter = adapter_for(backbone)
+    if not getattr(adapter, "sequential", False):
+        raise TypeError("%s is not a sequential recommender: use recommend(model, users)" % type(backbone).__name__)
+    length = backbone.max_seq_length
+    if not 1 <= k <= backbone.n_items - 1:
+        raise ValueError("k=%d must be between 1 and the number of items (%d)" % (k, backbone.n_items - 1))
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        parts_scores, parts_items = [], []
+        for start in range(0, len(histories), block):
+            chunk = [list(h)[-length:] for h in histories[start:start + block]]
+            if any(not h for h in chunk):
+                raise ValueError("an empty history has no next item to predict")
+            seq = torch.zeros(len(chunk), length, dtype=torch.long)
+            for row, history in enumerate(chunk):
+                seq[row, :len(history)] = torch.as_tensor(history)
+            fields = {backbone.ITEM_SEQ: seq, backbone.ITEM_SEQ_LEN: torch.tensor([len(h) for h in chunk])}
+            if users is not None:
+                fields[backbone.USER_ID] = torch.as_tensor(list(users[start:start + block]), dtype=torch.long)
+            interaction = Interaction(fields).to(backbone.device)
+            adapter.bind(interaction)
+            scores = adapter.all_scores(torch.arange(len(chunk), device=backbone.device)).float()
+            scores[:, 0] = -torch.inf
+            if exclude_history:
+                scores.scatter_(1, seq.to(scores.device), -torch.inf)
+            values, items = torch.topk(scores, k, dim=1)
+            parts_scores.append(values)
+            parts_items.append(items)
+        adapter.bind(None)
         return torch.cat(parts_scores), torch.cat(parts_items)
     finally:
         backbone.train(was_training)

@@ -100,8 +100,8 @@ class DistillationContext:
         self.exclude_prefix_items = False
         #: sequential: (user, prefix length, target, prefix items) field names of a batch
         self.prefix_fields = None
-        #: sequential: every training prefix (RecBole's augmented train Interaction), at prepare
-        self.training_prefixes = None
+        #: sequential: the teacher's answers for every training prefix (a PrefixTable), or None
+        self.prefix_table = None
 
     def excluded_items(self, interaction):
         """Sequential: [rows, E] items never listed for a prefix: its target, and with

@@ -4,9 +4,8 @@ General backbones: the teacher's top-N per user, computed once; lists drawn per 
 Sequential backbones: the query is a batch's prefix, so the lists are drawn per batch
 (:class:`~recbole_derrd.distillation.query_lists.QueryListSampler`) from the teacher's top-N of
 each prefix, the prefix's target always excluded and, with ``rrd_exclude_prefix_items``, its own
-items too.  The top-N of every training prefix is computed once before training when the table
-fits ``rrd_prefix_cache_mib`` (the teacher is frozen and the prefixes are the same every epoch),
-else from the teacher's scores of each batch.
+items too: read from the model's prefix table (computed once before training, when it fits
+``prefix_cache_mib``), else from the teacher's scores of each batch.
 
 :class:`RankedListsTerm` is what RRD and the item-side IR share: the ``<prefix>_*`` keys of a
 top-N list term and the per-epoch [rows, K + L] list table drawn by an :class:`RRDSampler`.
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from recbole_derrd.distillation import RRDSampler, reference_relaxed_ranking_loss, relaxed_ranking_loss
-from recbole_derrd.distillation.query_lists import PrefixTopTable, QueryListSampler
+from recbole_derrd.distillation.query_lists import QueryListSampler
 from recbole_derrd.terms.base import (KD_IMPLEMENTATIONS, DistillationTerm, boolean, check_room, non_negative,
                                       one_of, positive, positive_int)
 
@@ -75,15 +74,13 @@ class RRD(RankedListsTerm):
     prefix = "rrd"
     sequential_queries = True
 
-    def __init__(self, context, weight, top_n, k, l, temperature, sampling, reference=False, cache_mib=0):
+    def __init__(self, context, weight, top_n, k, l, temperature, sampling, reference=False):
         super().__init__(context, weight, top_n, k, l, temperature, sampling)
         self.loss_function = reference_relaxed_ranking_loss if reference else relaxed_ranking_loss
         self.teacher = context.teacher
         self.context = context
         self.sequential = context.sequential
         self.seed = context.seed
-        self.cache_mib = cache_mib
-        self.table = None  # sequential: PrefixTopTable, when it fits cache_mib
         self._generator = torch.Generator()
 
     @classmethod
@@ -91,10 +88,8 @@ class RRD(RankedListsTerm):
         settings = cls.list_settings(config)
         top_n, l = settings[1], settings[3]
         reference = one_of(config, "kd_implementation", KD_IMPLEMENTATIONS) == "reference"
-        cache_mib = 0
         if context.sequential:
             context.exclude_prefix_items = boolean(config, "rrd_exclude_prefix_items")
-            cache_mib = non_negative(config, "rrd_prefix_cache_mib")
             excluded = 1 + (context.max_prefix_length if context.exclude_prefix_items else 0)
             room = context.n_items - 1 - excluded
             if room < top_n + l:
@@ -104,7 +99,7 @@ class RRD(RankedListsTerm):
         else:
             # Fail before the teacher is trained if some user cannot get N + L distinct items.
             check_room(context, top_n + l, "rrd_top_n + rrd_l = %d" % (top_n + l))
-        return cls(context, *settings, reference, cache_mib)
+        return cls(context, *settings, reference)
 
     def prepare(self, context, train_matrix):
         if self.sampler is not None:
@@ -113,9 +108,6 @@ class RRD(RankedListsTerm):
         if self.sequential:
             self.sampler = QueryListSampler(context.n_items, self.top_n, self.k, self.l, self.temperature,
                                             mode=self.sampling)
-            prefixes = context.training_prefixes
-            if prefixes is not None and len(prefixes) * self.top_n * 4 <= self.cache_mib * 2 ** 20:
-                self.table = self._prefix_table(context, prefixes)
             return
         top = context.teacher_ranking(train_matrix, self.top_n)
         self.sampler = RRDSampler(top, train_matrix, self.k, self.l, self.temperature,
@@ -130,33 +122,23 @@ class RRD(RankedListsTerm):
         self._generator.manual_seed((int(self.seed) * 1000003 + int(epoch)) % (2 ** 63) + 1)
         self.lists = True
 
-    #: training prefixes scored per teacher pass when the prefix table is built
-    TABLE_BLOCK = 1024
-
-    def _prefix_table(self, context, prefixes):
-        """The teacher's top-N of every training prefix, one pass of the teacher over them."""
-        keys, tops = [], []
-        for start in range(0, len(prefixes), self.TABLE_BLOCK):
-            block = prefixes[start:start + self.TABLE_BLOCK].to(context.device)
-            self.teacher.bind(block)
-            rows = torch.arange(len(block), device=context.device)
-            tops.append(self.sampler.top_of(self.teacher.all_scores, rows, context.excluded_items(block)).cpu())
-            keys.append(context.prefix_keys(block))
-        self.teacher.bind(None)
-        return PrefixTopTable(torch.cat(keys), torch.cat(tops))
+    def prefix_top(self, rows, excluded):
+        """[R, N] the teacher's top-N of the bound batch's ``rows`` (for the prefix table)."""
+        return self.sampler.top_of(self.teacher.all_scores, rows, excluded)
 
     def lists_of(self, rows, batch=None):
         if not self.sequential:
             return super().lists_of(rows)
         if self.lists is None:
             raise RuntimeError("RRD must be trained with its DistillationTrainer (no epoch started)")
-        if self.table is None:
+        table = self.context.prefix_table
+        if table is None or table.top is None:
             return self.sampler.draw(self.teacher.all_scores, rows, batch.excluded, self._generator)
-        found, top = self.table.lookup(self.context.prefix_keys(batch.interaction)[rows.cpu()])
-        top = top.to(rows.device).long()
+        found, position = table.positions(self.context.prefix_keys(batch.interaction)[rows.cpu()])
+        top = table.top[position].to(rows.device).long()
         if not bool(found.all()):  # a prefix the training set does not hold: score it now
             missing = torch.nonzero(~found).view(-1).to(rows.device)
-            top[missing] = self.sampler.top_of(self.teacher.all_scores, rows[missing], batch.excluded[missing])
+            top[missing] = self.prefix_top(rows[missing], batch.excluded[missing])
         return self.sampler.lists(top, batch.excluded, self._generator)
 
     def raw_loss(self, batch):
