@@ -64,12 +64,23 @@ def parse_args(argv):
     parser.add_argument("--debug", action="store_true",
                         help="on an error, show the full traceback instead of one line")
     args, _ = parser.parse_known_args(argv)
+    args.argv = list(argv)
     return args
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     return run_reporting_user_errors(lambda: run(args), debug=args.debug)
+
+
+def sequential_student(argv):
+    """Whether ``--student_model=`` names a sequential recommender (their runs keep RecBole's
+    sequential protocol instead of the default leave-one-out + 499 negatives, which orders
+    interactions randomly)."""
+    from recbole_derrd.backbone_support import is_sequential
+
+    names = [a.split("=", 1)[1] for a in argv if a.startswith("--student_model=")]
+    return bool(names) and is_sequential(names[-1])
 
 
 def check_model_name(name):
@@ -88,6 +99,8 @@ def run(args):
     check_model_name(args.model)
     if args.config_files:
         config_file_list = args.config_files.strip().split(" ")
+    elif sequential_student(args.argv):
+        config_file_list = []  # RecBole's sequential protocol: leave-one-out by time, full ranking
     else:
         config_file_list = [protocol_file(DEFAULT_PROTOCOL)]
     side_by_side = args.side_by_side.lower() not in ("false", "0", "no")

@@ -221,9 +221,10 @@ def check_terms_fit(model_name, terms, student, teacher):
             if not adapter_class(backbone).has_representations:
                 raise ValueError(
                     "%s: its %s term distils user and item representations, but %s=%r only scores "
-                    "(no representations); distil it with the ranking terms (RRD, RD, CD, IRRRD), "
+                    "(no representations); distil it with the ranking terms (%s), "
                     "or use a backbone with representations (e.g. %s)"
                     % (model_name, term.name, key, backbone,
+                       "RRD" if is_sequential(backbone) else "RRD, RD, CD, IRRRD",
                        ", ".join(representation_models(is_sequential(backbone)))))
 
 

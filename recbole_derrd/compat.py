@@ -20,6 +20,10 @@ around here, deliberately and narrowly:
   RecBole's sequential package does it (the safe unpickler's table of model classes did, so
   every run that loaded a cached teacher trained in that mode).  :func:`import_sequential_models`
   imports the package once, restoring the mode; later imports then find it loaded.
+* RecBole's ``init_logger`` calls ``colorama.init`` on every run, and colorama 0.4.x wraps the
+  *current* ``sys.stdout`` each time: one more wrapper per run, until a process that runs a few
+  hundred trainings (a comparison, the support matrix, a hyper-parameter search) dies of a
+  RecursionError when it prints.  :func:`install_colorama_init_once` wraps it once.
 * RecBole's distributed path assumes CUDA and races on folder creation: the patches live with
   the rank helpers in :mod:`recbole_derrd.distributed`; :func:`apply` installs them.
 """
@@ -170,10 +174,27 @@ def import_sequential_models():
     return True
 
 
+def _colorama_init_once(*arguments, **keywords):
+    """``colorama.init`` unless ``sys.stdout`` is already one of its wrappers."""
+    import colorama
+    from colorama.ansitowin32 import StreamWrapper
+
+    if isinstance(sys.stdout, StreamWrapper):
+        return None
+    return colorama.init(*arguments, **keywords)
+
+
+def install_colorama_init_once():
+    import recbole.utils.logger
+
+    recbole.utils.logger.init = _colorama_init_once
+
+
 def apply():
     """Check the stack and install the runtime work-arounds (idempotent)."""
     check_stack()
     import_sequential_models()
+    install_colorama_init_once()
     install_scipy_dok_update()
     install_ncl_cpu_kmeans()
     silence_pandas_inplace_warning()

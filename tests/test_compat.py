@@ -1,5 +1,7 @@
 """One test per work-around in recbole_derrd.compat."""
 
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -160,3 +162,27 @@ def test_recbole_sequential_import_leaves_autograd_anomaly_mode_off():
     bare = subprocess.run([sys.executable, "-c", "import torch, recbole.model.sequential_recommender; "
                            "print(torch.is_anomaly_enabled())"], capture_output=True, text=True, timeout=300)
     assert bare.stdout.strip() == "True"
+
+
+def test_recbole_logger_wraps_stdout_once(monkeypatch):
+    """RecBole's init_logger calls colorama.init on every run; colorama 0.4.x wraps the current
+    stdout each time, so a process running hundreds of trainings died of a RecursionError."""
+    import io
+
+    import colorama
+    import recbole.utils.logger
+    from colorama.ansitowin32 import StreamWrapper
+
+    def depth():
+        stream, count = sys.stdout, 0
+        while isinstance(stream, StreamWrapper):
+            stream, count = stream._StreamWrapper__wrapped, count + 1
+        return count
+
+    for init, expected in ((colorama.init, 3), (recbole.utils.logger.init, 1)):
+        monkeypatch.setattr(sys, "stdout", io.StringIO())
+        monkeypatch.setattr(sys, "stderr", io.StringIO())
+        for _ in range(3):
+            init(autoreset=True)
+        assert depth() == expected
+        colorama.deinit()

@@ -310,3 +310,30 @@ def test_next_items_from_a_history_match_the_models_ranking(tiny_seq):
     paths = export_student(result["saved_model_file"], str(tiny_seq["checkpoint_dir"] + "/exported"))
     state = torch.load(paths["weights"], weights_only=True)
     assert set(state) == set(model.student.state_dict())
+
+
+def test_run_script_keeps_recboles_sequential_protocol_for_a_sequential_student(monkeypatch):
+    import sys
+
+    from conftest import ROOT
+
+    monkeypatch.syspath_prepend(ROOT)
+    from run_recbole_derrd import sequential_student
+
+    assert sequential_student(["--model=RRD", "--student_model=GRU4Rec"])
+    assert not sequential_student(["--student_model=BPR"]) and not sequential_student([])
+    assert "run_recbole_derrd" in sys.modules
+
+
+def test_the_teacher_cache_key_covers_the_prefix_settings(tiny_seq):
+    from recbole_derrd.config import teacher_config
+    from recbole_derrd.teacher import cache_description, cache_key
+
+    def key(**changes):
+        return cache_key(cache_description(teacher_config(Config(model="RRD", config_dict=dict(tiny_seq, **changes))),
+                                           {}))
+
+    assert key() == key()
+    assert key() != key(MAX_ITEM_LIST_LENGTH=5)
+    assert key() != key(t_hidden_size=32)
+    assert key() == key(hidden_size=4)  # the student's size does not shape the teacher
