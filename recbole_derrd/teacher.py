@@ -204,6 +204,9 @@ def train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress=
         tconfig, train_data._dataset, train_data._sampler, shuffle=tconfig["shuffle"])
     teacher.requires_grad_(True).train()
     trainer = safe_trainer(tconfig, teacher)
+    # RecBole validates (and saves the best checkpoint) every eval_step epochs only: a teacher
+    # trained for fewer epochs (the closed-form ones train one) would end with nothing saved.
+    trainer.eval_step = max(1, min(trainer.eval_step, trainer.epochs))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     trainer.saved_model_file = path + ".training"
     last = last_checkpoint_path(trainer.saved_model_file)

@@ -202,3 +202,9 @@ def test_a_new_backbone_student_exports_as_its_stock_model(tiny, workdir):
     users = Interaction({"user_id": torch.arange(1, 10)})
     with torch.no_grad():
         torch.testing.assert_close(stock_model.full_sort_predict(users), distilled.full_sort_predict(users))
+
+
+def test_a_closed_form_teacher_is_saved_whatever_eval_step(tiny):
+    """ItemKNN trains one epoch; with eval_step 5 RecBole would never validate nor save it."""
+    result = run_recbole("RRD", config_dict=dict(tiny, teacher_model="ItemKNN", eval_step=5, epochs=1), saved=False)
+    assert 0 <= result["test_result"]["ndcg@10"] <= 1

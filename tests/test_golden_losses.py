@@ -25,7 +25,9 @@ def _record(model_name, tiny):
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, init_seed
 
-    settings = dict(tiny, de_anneal_epochs=2, de_tau_end=1e-3, rd_warmup_epochs=1, rd_k=5, cd_samples=5)
+    # de_rows: batch -- the paper's rows, which the stored values were recorded with
+    settings = dict(tiny, de_anneal_epochs=2, de_tau_end=1e-3, rd_warmup_epochs=1, rd_k=5, cd_samples=5,
+                    de_rows="batch")
     config = Config(model=model_name, config_dict=settings)
     init_seed(config["seed"], config["reproducibility"])
     train, valid, _ = data_preparation(config, create_dataset(config))

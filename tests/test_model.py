@@ -117,7 +117,7 @@ def test_teacher_is_frozen_and_outside_the_module(tiny):
 
 def test_loss_balance_matches_official_sums(tiny):
     """per_row: (w * KD_sum / rows) : mean base == official (w * KD_sum) : summed base."""
-    config, net, train, _, _ = build("DERRD", dict(tiny, de_weight=0.01, rrd_weight=0.001))
+    config, net, train, _, _ = build("DERRD", dict(tiny, de_weight=0.01, rrd_weight=0.001, de_rows="batch"))
     batch = next(iter(train))
     rows = len(batch)
     torch.manual_seed(3)
@@ -132,7 +132,7 @@ def test_loss_balance_matches_official_sums(tiny):
     assert (rrd / base).item() == pytest.approx((0.001 * rrd_sum / bpr_sum).item(), rel=1e-4)
     assert base.item() * rows == pytest.approx(bpr_sum.item(), rel=1e-4)
 
-    config, net, train, _, _ = build("DERRD", dict(tiny, kd_reduction="sum"))
+    config, net, train, _, _ = build("DERRD", dict(tiny, kd_reduction="sum", de_rows="batch"))
     batch = next(iter(train))
     torch.manual_seed(3)
     _, de, rrd = net.calculate_loss(batch)
@@ -144,7 +144,7 @@ def test_loss_balance_matches_official_sums(tiny):
 def test_de_uses_unique_users_and_items(tiny, monkeypatch):
     from recbole_derrd.distillation import experts as experts_module
 
-    config, net, train, _, _ = build("DE", tiny)
+    config, net, train, _, _ = build("DE", dict(tiny, de_rows="batch"))  # the paper's rows
     batch = next(iter(train))
     # noise-free selection, so the one merged item call and the definition's two calls match
     plain = experts_module.gumbel_softmax
@@ -182,7 +182,7 @@ def _recorded_parts(term, monkeypatch):
 
 def test_de_max_rows_samples_and_rescales(tiny, monkeypatch):
     _noise_free(monkeypatch)
-    _, net, train, _, _ = build("DE", dict(tiny, de_max_rows=5))
+    _, net, train, _, _ = build("DE", dict(tiny, de_rows="batch", de_max_rows=5))
     term, batch = net.term("DE"), next(iter(train))
     users = torch.unique(batch["user_id"])
     item_rows = torch.cat([torch.unique(batch["item_id"]), torch.unique(batch["neg_item_id"])])
@@ -203,12 +203,12 @@ def test_de_max_rows_samples_and_rescales(tiny, monkeypatch):
 
 def test_de_max_rows_is_unbiased_and_off_when_it_does_not_bind(tiny, monkeypatch):
     _noise_free(monkeypatch)
-    _, paper, train, _, _ = build("DE", tiny)
+    _, paper, train, _, _ = build("DE", dict(tiny, de_rows="batch"))
     batch = next(iter(train))
     full = paper.term("DE").raw_loss(paper.batch(batch)).item()
-    _, roomy, _, _, _ = build("DE", dict(tiny, de_max_rows=100000))
+    _, roomy, _, _, _ = build("DE", dict(tiny, de_rows="batch", de_max_rows=100000))
     assert roomy.term("DE").raw_loss(roomy.batch(batch)).item() == pytest.approx(full, rel=1e-6)
-    _, capped, _, _, _ = build("DE", dict(tiny, de_max_rows=8))
+    _, capped, _, _, _ = build("DE", dict(tiny, de_rows="batch", de_max_rows=8))
     with torch.no_grad():
         draws = torch.tensor([capped.term("DE").raw_loss(capped.batch(batch)).item() for _ in range(400)])
     assert len(set(draws.tolist())) > 100  # rows really are redrawn per batch
@@ -247,8 +247,8 @@ def test_de_rows_epoch_distils_every_entity_once_per_epoch(tiny, monkeypatch):
 def test_reference_implementation_gives_the_same_losses(tiny, monkeypatch):
     """kd_implementation: reference (the official code's computation) == the fast paths."""
     _noise_free(monkeypatch)
-    _, fast, train, _, _ = build("DERRD", tiny)
-    _, reference, _, _, _ = build("DERRD", dict(tiny, kd_implementation="reference"))
+    _, fast, train, _, _ = build("DERRD", dict(tiny, de_rows="batch"))
+    _, reference, _, _, _ = build("DERRD", dict(tiny, kd_implementation="reference", de_rows="batch"))
     batch = next(iter(train))
     for name in ("DE", "RRD"):
         expected = fast.term(name).raw_loss(fast.batch(batch)).item()

@@ -70,6 +70,12 @@ def _inference_seconds(model, users=256, k=20):
     return float(np.median(times))
 
 
+#: the plugin model whose Config derives the teacher's and the student's settings for the
+#: teacher, student-alone and baseline cells: RRD fits every pair that can be distilled (a
+#: score-only teacher, a sequential pair), and its teacher settings are DE-RRD's
+HOLDER = "RRD"
+
+
 def _settings(config_dict, seed, out_dir, folder):
     """The run's settings for one seed: its own checkpoint folder, the shared teacher cache."""
     return dict(config_dict or {}, seed=seed, checkpoint_dir=os.path.join(out_dir, "checkpoints", folder),
@@ -92,13 +98,13 @@ def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir, exte
     settings = _settings(config_dict, seed, out_dir, "%s-seed%d" % (method, seed))
     last = _newest(os.path.join(settings["checkpoint_dir"], "*-last.pth"))
     if method == STUDENT or method in PLUGIN_MODELS:
-        plugin = Config(model="DERRD" if method == STUDENT else method, dataset=dataset,
+        plugin = Config(model=HOLDER if method == STUDENT else method, dataset=dataset,
                         config_file_list=config_file_list, config_dict=settings)
         config = plugin
         if method == STUDENT:
             config = student_config(plugin, plugin_owned_keys(plugin, PLUGIN_MODELS.values()))
     else:  # a stock RecBole model, trained with the student's budget and size
-        plugin = Config(model="DERRD", dataset=dataset, config_file_list=config_file_list,
+        plugin = Config(model=HOLDER, dataset=dataset, config_file_list=config_file_list,
                         config_dict=settings)
         shared = {key: plugin[key] for key in SHARED_TRAINING_KEYS if plugin[key] is not None}
         config = Config(model=method, dataset=dataset, config_file_list=config_file_list,
@@ -162,17 +168,17 @@ def cell_epochs(checkpoint_dir):
 
 
 def _seed_teacher(seed, dataset, config_file_list, config_dict, out_dir):
-    """(DERRD model holding the seed's trained teacher, its config, test data, seconds spent)."""
+    """(HOLDER model holding the seed's trained teacher, its config, test data, seconds spent)."""
     from recbole.config import Config
     from recbole.utils import get_model
 
     from recbole_derrd.quick_start import load_data
     from recbole_derrd.teacher import prepare_teacher
 
-    config = Config(model="DERRD", dataset=dataset, config_file_list=config_file_list,
+    config = Config(model=HOLDER, dataset=dataset, config_file_list=config_file_list,
                     config_dict=_settings(config_dict, seed, out_dir, "teacher-seed%d" % seed))
     _, train_data, valid_data, test_data = load_data(config)
-    model = get_model("DERRD")(config, train_data._dataset)
+    model = get_model(HOLDER)(config, train_data._dataset)
     start = time.perf_counter()
     prepare_teacher(model, train_data, valid_data, show_progress=config["show_progress"])
     return model, config, test_data, time.perf_counter() - start

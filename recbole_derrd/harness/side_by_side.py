@@ -44,8 +44,10 @@ def teacher_clearly_better(test, alpha=0.05):
 
 
 def backbone_label(adapter):
-    """e.g. ``BPR-200``: the backbone and the size of its user representation."""
-    return "%s-%d" % (type(adapter.model).__name__, adapter.user_dim)
+    """e.g. ``BPR-200``: the backbone and the size of its user representation (the name alone
+    for a score-only model, e.g. ``ItemKNN``)."""
+    name = type(adapter.model).__name__
+    return name if adapter.user_dim is None else "%s-%d" % (name, adapter.user_dim)
 
 
 def format_table(rows, metrics):
