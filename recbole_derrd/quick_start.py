@@ -19,6 +19,7 @@ from recbole.data.transform import construct_transform
 from recbole.utils import get_flops, get_model, init_logger, init_seed, set_color
 
 import recbole_derrd  # noqa: F401  (registration)
+from recbole_derrd.backbone_support import model_size
 from recbole_derrd.checkpoints import load_checkpoint
 from recbole_derrd.evaluation import comparable_test
 from recbole_derrd.trainer import safe_trainer
@@ -71,7 +72,7 @@ def train_and_test(config, data, train_data, valid_data, test_data, saved=True):
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
         "test_result": test_result,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": model_size(getattr(model, "student", model)),
         "saved_model_file": trainer.saved_model_file if saved else None,
         "cap_bound": trainer.cap_bound,
         # time to quality: training (setup included) until the best evaluation / the last one

@@ -246,9 +246,10 @@ class SafeCheckpointMixin:
 
     def _report_binding_cap(self, valid_data):
         """Say so when the epoch cap, not early stopping, ended a run that was still improving
-        on validation (its best evaluation within the last ``stopping_step`` ones)."""
-        self.cap_bound = bool(valid_data) and self.eval_step > 0 and self.cur_step <= self.stopping_step \
-            and getattr(self, "last_evaluated_epoch", -1) >= 0
+        on validation (its best evaluation within the last ``stopping_step`` ones).  A cap that
+        allows a single evaluation (a closed-form model's one epoch) shows no trend: never bound."""
+        self.cap_bound = bool(valid_data) and 0 < self.eval_step < self.epochs \
+            and self.cur_step <= self.stopping_step and getattr(self, "last_evaluated_epoch", -1) >= 0
         if self.cap_bound:
             self.logger.warning(
                 "%s ended at its epoch cap (epochs=%d) while still improving on validation (best "

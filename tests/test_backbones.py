@@ -204,7 +204,21 @@ def test_a_new_backbone_student_exports_as_its_stock_model(tiny, workdir):
         torch.testing.assert_close(stock_model.full_sort_predict(users), distilled.full_sort_predict(users))
 
 
-def test_a_closed_form_teacher_is_saved_whatever_eval_step(tiny):
-    """ItemKNN trains one epoch; with eval_step 5 RecBole would never validate nor save it."""
+def test_a_closed_form_teacher_is_saved_whatever_eval_step(tiny, caplog):
+    """ItemKNN trains one epoch; with eval_step 5 RecBole would never validate nor save it.
+    Its one evaluation shows no trend, so its cap is not reported as binding."""
     result = run_recbole("RRD", config_dict=dict(tiny, teacher_model="ItemKNN", eval_step=5, epochs=1), saved=False)
     assert 0 <= result["test_result"]["ndcg@10"] <= 1
+    assert "ItemKNN ended at its epoch cap" not in caplog.text
+
+
+def test_side_by_side_sizes_a_closed_form_teacher_by_its_weights(tiny):
+    """EASE's one trainable number is RecBole's placeholder; its size is the item-item matrix."""
+    from recbole_derrd.harness.side_by_side import run_side_by_side
+
+    report = run_side_by_side("RRD", config_dict=dict(tiny, teacher_model="EASE", epochs=1), saved=False)
+    ease, _ = stock("EASE", tiny)
+    teacher_row, student_row = report["rows"][0], report["rows"][1]
+    assert teacher_row["model"].startswith("Teacher (EASE")
+    assert teacher_row["parameters"] == 1 + ease.n_items ** 2
+    assert student_row["parameters"] == (ease.n_users + ease.n_items) * 8

@@ -26,6 +26,7 @@ from logging import getLogger
 import numpy as np
 
 from recbole_derrd.atomic import atomic_write_text
+from recbole_derrd.backbone_support import model_size
 from recbole_derrd_hook import MODEL_NAMES
 from recbole_derrd.harness.tables import markdown_table
 from recbole_derrd.evaluation import PAIRED_METRICS, over_seeds, paired_test, per_user_over_seeds
@@ -126,7 +127,7 @@ def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir, exte
         "method": method, "seed": seed, "model": config["model"],
         **_tested(result["test_result"], per_user, config),
         "best_valid_result": {k: float(v) for k, v in result["best_valid_result"].items()},
-        "parameters": int(sum(p.numel() for p in deployable.parameters())),
+        "parameters": int(model_size(deployable)),
         "train_and_test_seconds": elapsed, "resumed_from": last,
         "inference_seconds_256_users": _inference_seconds(model),
         **cell_epochs(settings["checkpoint_dir"]),
@@ -384,7 +385,7 @@ def plot(summary, path, metric="ndcg@10"):
         getLogger().warning("matplotlib is not installed (pip install recbole-derrd[plot]): no plot")
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((axes[0], "parameters", "trainable parameters"),
+    for ax, key, label in ((axes[0], "parameters", "parameters (a closed-form model: its weight arrays)"),
                            (axes[1], "inference_seconds_256_users", "seconds to rank the catalogue for 256 users")):
         xs = []
         for row in summary["rows"]:

@@ -9,6 +9,7 @@ per seed and adds mean +- std and a pooled test.
 import sys
 from logging import getLogger
 
+from recbole_derrd.backbone_support import model_size
 from recbole_derrd.config import plugin_owned_keys, student_config
 from recbole_derrd.evaluation import (PAIRED_METRICS, comparable_test, over_seeds, paired_test,
                                       per_user_over_seeds)
@@ -24,7 +25,7 @@ def teacher_row(distilled, config, test_data):
     result, per_user = comparable_test(trainer, test_data, load_best_model=False)
     return {"model": "Teacher (%s)" % backbone_label(distilled.teacher_adapter),
             "test_result": result,
-            "parameters": sum(p.numel() for p in distilled.teacher.parameters())}, per_user
+            "parameters": model_size(distilled.teacher)}, per_user
 
 
 def teacher_gap_on_validation(distilled, student, student_config, valid_data):
@@ -80,7 +81,7 @@ def run_side_by_side(model="DERRD", dataset=None, config_file_list=None, config_
         config, data, train_data, valid_data, test_data, saved)
     student_label = backbone_label(distilled.student_adapter)
     distilled_row["model"] = "%s (%s)" % (model, student_label)
-    distilled_row["parameters"] = sum(p.numel() for p in distilled.student.parameters())
+    distilled_row["parameters"] = model_size(distilled.student)
     teacher_result, teacher_users = teacher_row(distilled, config, test_data)
 
     sconfig = student_config(config, plugin_owned_keys(config, PLUGIN_MODELS.values()))
