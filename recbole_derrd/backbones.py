@@ -10,6 +10,8 @@ RecBole model class:
 * :class:`TablesAdapter` and its subclasses serve models whose score is the dot product of a user
   and an item table (BPR, LINE, ENMF, LightGCN and the other propagation models): those tables
   are the representations DE distils;
+* :class:`SimpleXAdapter`: SimpleX's normalised user vector (embedding mixed with its history)
+  and item embedding, whose dot product is its cosine score;
 * :class:`NeuMFAdapter`: NeuMF's two embeddings as the representation, its logits as scores.
 
 :func:`register_adapter` adds an adapter (and, for a user's own model class, the model itself)
@@ -324,6 +326,65 @@ class ENMFAdapter(TablesAdapter):
         return self.model.user_embedding.weight, self.model.item_embedding.weight * self.model.H_i.weight
 
 
+class SimpleXAdapter(BackboneAdapter):
+    """SimpleX scores the cosine of a user vector and an item embedding: the user vector mixes
+    the user's embedding with the mapped mean (or attention) of its history's item embeddings
+    (``get_UI_aggregation``).  The representations DE distils are those two vectors normalised,
+    so their dot product is the model's score; the user side is computed for the users asked
+    (a history of up to ``history_len`` items each), never for the whole table during training.
+    Dropout, which SimpleX applies to the user vector in its own loss only, is not applied."""
+
+    model_names = ("SimpleX",)
+    #: users per block when the whole user table is wanted (inference)
+    USER_BLOCK = 4096
+
+    def __init__(self, model):
+        super().__init__(model)
+        self._items = None
+
+    @property
+    def user_dim(self):
+        return self.model.embedding_size
+
+    @property
+    def item_dim(self):
+        return self.model.embedding_size
+
+    def begin_step(self):
+        self._items = None
+
+    def user_repr(self, users):
+        model = self.model
+        history = model.history_item_id[users]
+        mixed = model.get_UI_aggregation(model.user_emb(users), model.item_emb(history),
+                                         model.history_item_len[users])
+        return F.normalize(mixed, dim=1)
+
+    def item_repr(self, items):
+        return self._item_table()[items]
+
+    def _item_table(self):
+        if self._items is None:
+            self._items = F.normalize(self.model.item_emb.weight, dim=1)
+        return self._items
+
+    def score(self, users, items):
+        rows = torch.arange(len(users), device=users.device)
+        return gathered_dot(self.user_repr(users), self._item_table(), rows, items)
+
+    def all_scores(self, users):
+        return self.user_repr(users) @ self._item_table().t()
+
+    def item_side_score(self, items, users):
+        distinct, slots = torch.unique(users, return_inverse=True)
+        return gathered_dot(self._item_table(), self.user_repr(distinct), items, slots)
+
+    def score_tables(self):
+        users = torch.arange(self.model.n_users, device=self.model.item_emb.weight.device)
+        table = torch.cat([self.user_repr(block) for block in users.split(self.USER_BLOCK)])
+        return table, self._item_table()
+
+
 class NeuMFAdapter(BackboneAdapter):
     """NeuMF: the representation is the concatenation [GMF embedding, MLP embedding].
 
@@ -390,7 +451,8 @@ class NeuMFAdapter(BackboneAdapter):
 
 
 #: RecBole model name -> adapter class; every other general recommender gets ScoreOnlyAdapter.
-ADAPTERS = {name: cls for cls in (MFAdapter, PropagatedAdapter, SGLAdapter, ENMFAdapter, NeuMFAdapter)
+ADAPTERS = {name: cls for cls in (MFAdapter, PropagatedAdapter, SGLAdapter, ENMFAdapter, SimpleXAdapter,
+                                   NeuMFAdapter)
             for name in cls.model_names}
 #: score-only general recommenders whose predict scores one pair cheaply (pair networks).
 ADAPTERS.update({name: PairScoreAdapter for name in ("DMF", "ConvNCF", "NNCF", "GCMC", "FISM", "NAIS")})

@@ -3,6 +3,7 @@ representations have the promised shapes, and the role checks refuse with the re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from recbole.config import Config
 from recbole.data.interaction import Interaction
 from recbole.model.general_recommender import BPR
@@ -11,7 +12,7 @@ from recbole.utils import get_model
 from recbole_derrd import register_backbone
 from recbole_derrd.backbone_support import (backbone_class, check_backbone, check_terms_fit, general_models,
                                             representation_models, sequential_models, student_refusal)
-from recbole_derrd.backbones import (ENMFAdapter, MFAdapter, PairScoreAdapter, PropagatedAdapter,
+from recbole_derrd.backbones import (ENMFAdapter, MFAdapter, PairScoreAdapter, PropagatedAdapter, SimpleXAdapter,
                                      ScoreOnlyAdapter, SGLAdapter, adapter_for)
 from recbole_derrd.model import DERRD, RRD
 from recbole_derrd.quick_start import run_recbole
@@ -21,7 +22,7 @@ from conftest import untrained_model
 #: general recommenders whose score is a dot product of two tables (DE distils the tables)
 TABLE_MODELS = {"BPR": MFAdapter, "LINE": MFAdapter, "ENMF": ENMFAdapter, "LightGCN": PropagatedAdapter,
                 "NGCF": PropagatedAdapter, "SpectralCF": PropagatedAdapter, "DGCF": PropagatedAdapter,
-                "NCL": PropagatedAdapter, "SGL": SGLAdapter}
+                "NCL": PropagatedAdapter, "SGL": SGLAdapter, "SimpleX": SimpleXAdapter}
 #: score-only models checked against their own predict (catalogue rows gathered, or pairs)
 SCORE_MODELS = {"EASE": ScoreOnlyAdapter, "ItemKNN": ScoreOnlyAdapter, "Pop": ScoreOnlyAdapter,
                 "MultiVAE": ScoreOnlyAdapter, "NCEPLRec": ScoreOnlyAdapter, "DMF": PairScoreAdapter,
@@ -68,6 +69,28 @@ def test_table_adapters_score_like_the_model_and_give_representations(name, tiny
         item_side = adapter.item_side_score(items[:, 0], users.unsqueeze(0).expand(len(users), -1))
         torch.testing.assert_close(item_side, (item_table[items[:, 0]] @ user_table[users].t()),
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_simplex_representations_are_its_normalised_user_mix_and_items(tiny):
+    """By hand: u' = gamma u + (1 - gamma) W mean(history items), scores cos(u', i)."""
+    model, _ = stock("SimpleX", tiny)
+    adapter = adapter_for(model)
+    users, items = torch.tensor([1, 2]), torch.tensor([[3, 4], [5, 6]])
+    expected = []
+    for user, row in zip(users, items):
+        length = int(model.history_item_len[user])
+        history = model.item_emb.weight[model.history_item_id[user, :length]]
+        mixed = model.gamma * model.user_emb.weight[user] + (1 - model.gamma) * model.UI_map(history.mean(0))
+        expected.append(torch.stack([F.cosine_similarity(mixed, model.item_emb.weight[i], dim=0) for i in row]))
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.score(users, items), torch.stack(expected), rtol=1e-5, atol=1e-6)
+        assert torch.allclose(adapter.user_repr(users).norm(dim=1), torch.ones(2))
+    # gradients reach the embeddings the student learns (the user's and its history's items)
+    model.train()
+    adapter.begin_step()
+    adapter.score(users, items).sum().backward()
+    assert model.user_emb.weight.grad[1].abs().sum() > 0 and model.UI_map.weight.grad.abs().sum() > 0
+    assert model.item_emb.weight.grad[model.history_item_id[1, 0]].abs().sum() > 0
 
 
 def test_enmf_tables_fold_its_weight_vector_into_the_items(tiny):
@@ -166,7 +189,8 @@ def test_a_users_own_model_is_registered_and_distilled(tiny):
 
 
 @pytest.mark.parametrize("teacher, student, model", [("EASE", "BPR", "RRD"), ("ItemKNN", "BPR", "CD"),
-                                                     ("NGCF", "LightGCN", "DERRD"), ("BPR", "MultiVAE", "RRD")])
+                                                     ("NGCF", "LightGCN", "DERRD"), ("BPR", "MultiVAE", "RRD"),
+                                                     ("SimpleX", "BPR", "DERRD"), ("BPR", "SimpleX", "DERRD")])
 def test_new_pairs_train_end_to_end(tiny, teacher, student, model):
     config = Config(model=model, config_dict=dict(tiny, teacher_model=teacher, student_model=student))
     assert config["teacher_model"] == teacher
