@@ -24,7 +24,9 @@ leave-one-out in random order, 499 sampled negatives, the same stopping rule).
 
 Every (variant, method, seed) is a comparison cell (resumable; a finished cell is never
 recomputed) under ``--out_dir``; the teacher is trained once per seed into ``<out_dir>/teachers``
-(or given with ``--teacher_checkpoint``).  ``--variant label:key=value,...`` adds DE-RRD with
+(or given with ``--teacher_checkpoint``) and every row distils that one: its epoch cap is
+``--epochs`` whatever a row's own, and a row whose settings would train another teacher stops
+the run before its cell is recorded.  ``--variant label:key=value,...`` adds DE-RRD with
 other settings (e.g. ``rows-epoch:de_rows=epoch``).  With two out_dirs, ``--summary`` prints the
 one-line summary that RESULTS.md records end with.
 
@@ -69,6 +71,9 @@ def ml1m_shaped(data_dir, shape=None, seed=0):
 def run_settings(args):
     """(dataset, config files, config dict) of the chosen data."""
     settings = dict(PROTOCOL, epochs=args.epochs, **parse_pairs(args.set, "--set"))
+    # the teacher's cap is the run's, never a row's: the reference's --reference_epochs (or a
+    # variant's epochs) must not give it a teacher of its own through t_epochs' fallback
+    settings.setdefault("t_epochs", args.epochs)
     if args.teacher_checkpoint:
         settings["teacher_checkpoint"] = args.teacher_checkpoint
     else:
@@ -135,6 +140,14 @@ def rows_to_run(args):
     return rows
 
 
+def _teachers(settings):
+    """The cached teacher files (empty when the teacher is given as a checkpoint)."""
+    folder = settings.get("teacher_cache_dir")
+    if not folder or not os.path.isdir(folder):
+        return set()
+    return {name for name in os.listdir(folder) if name.endswith(".pth")}
+
+
 def run(args):
     from recbole_derrd.atomic import atomic_write_text
     from recbole_derrd.harness.comparison import prepare_seed_teacher, run_cell
@@ -145,6 +158,7 @@ def run(args):
     for seed in seeds:
         prepare_seed_teacher(seed, dataset, files, settings, args.out_dir)
         for label, method, extra in rows_to_run(args):
+            teachers_before = _teachers(settings)
             folder = os.path.join(args.out_dir, label)
             path = os.path.join(folder, "%s-seed%d.json" % (method, seed))
             if os.path.isfile(path):
@@ -154,6 +168,12 @@ def run(args):
                 continue
             print("%s, seed %d: training" % (label, seed), flush=True)
             cell = run_cell(method, seed, dataset, files, dict(settings, **extra), folder)
+            if _teachers(settings) - teachers_before:
+                # the row's settings reached its teacher (t_ keys fall back to the student's):
+                # its time and accuracy would not be against the seed's shared teacher
+                sys.exit("%s, seed %d: its settings %s trained a teacher of its own; give the "
+                         "teacher's keys explicitly (--set t_<key>=...) so every row shares the "
+                         "seed's teacher (the cell was not recorded)" % (label, seed, extra))
             cell = {k: v for k, v in cell.items() if k != "per_user"}
             cell.update(label=label, settings=extra)
             atomic_write_text(path, json.dumps(cell))  # a half-written cell never counts as done

@@ -162,3 +162,14 @@ def test_seed_statistics_against_hand_values():
     users = per_user_over_seeds([{"ndcg@10": [1.0, 0.0], "hit@10": [1.0, 0.0]},
                                  {"ndcg@10": [0.5, 0.0], "hit@10": [1.0, 1.0]}])
     assert users["ndcg@10"].tolist() == [0.75, 0.0] and users["hit@10"].tolist() == [1.0, 0.5]
+
+
+def test_cells_share_a_given_teacher_cache():
+    """A run's own teacher_cache_dir is kept (several comparisons, or the benchmark's rows,
+    share one cached teacher); without one the teachers live under the comparison's folder."""
+    from recbole_derrd.harness.comparison import _settings
+
+    given = _settings({"teacher_cache_dir": "/shared/teachers", "epochs": 3}, 1, "/runs/a", "DERRD-seed1")
+    assert given["teacher_cache_dir"] == "/shared/teachers" and given["seed"] == 1 and given["epochs"] == 3
+    assert given["checkpoint_dir"] == os.path.join("/runs/a", "checkpoints", "DERRD-seed1")
+    assert _settings(None, 0, "/runs/a", "Student-seed0")["teacher_cache_dir"] == os.path.join("/runs/a", "teachers")

@@ -96,6 +96,21 @@ def test_methods_subset_runs_only_those(ttq, workdir, capsys):
     assert data["cells"][2]["settings"]["de_rows"] == "batch"
 
 
+def test_every_row_distils_the_seed_s_one_teacher(ttq, workdir):
+    """The reference's shorter cap is its own, not its teacher's (t_epochs is not left to fall
+    back to a row's epochs), and a row whose settings reach the teacher stops the run."""
+    out = str(workdir / "ttq-teacher")
+    small = [a for a in SMALL if "t_epochs" not in a]
+    argv = ["--dataset=ml1m-shaped", "--shape=60,150,1500", "--data_dir=%s" % (workdir / "data"),
+            "--epochs=2", "--reference_epochs=1", "--out_dir=%s" % out, "--seeds=0", "--methods=Student,DERRD"]
+    ttq.main(argv + small)
+    assert len([n for n in os.listdir(os.path.join(out, "teachers")) if n.endswith(".pth")]) == 1
+    with pytest.raises(SystemExit, match=r"teacher-lr, seed 0: its settings \{'learning_rate': 0.01\} trained a "
+                                         r"teacher of its own"):
+        ttq.main(argv + small + ["--variant=teacher-lr:learning_rate=0.01"])
+    assert not os.path.exists(os.path.join(out, "teacher-lr", "DERRD-seed0.json"))
+
+
 def test_bad_methods_are_one_line_exits(ttq):
     with pytest.raises(SystemExit, match="unknown HTD"):
         ttq.parse_methods("Student,HTD", 0, False)

@@ -78,9 +78,11 @@ HOLDER = "RRD"
 
 
 def _settings(config_dict, seed, out_dir, folder):
-    """The run's settings for one seed: its own checkpoint folder, the shared teacher cache."""
-    return dict(config_dict or {}, seed=seed, checkpoint_dir=os.path.join(out_dir, "checkpoints", folder),
-                teacher_cache_dir=os.path.join(out_dir, "teachers"))
+    """The run's settings for one seed: its own checkpoint folder, the shared teacher cache
+    (``teacher_cache_dir`` when the run gives one, else ``<out_dir>/teachers``)."""
+    config_dict = dict(config_dict or {})
+    return dict(config_dict, seed=seed, checkpoint_dir=os.path.join(out_dir, "checkpoints", folder),
+                teacher_cache_dir=config_dict.get("teacher_cache_dir") or os.path.join(out_dir, "teachers"))
 
 
 def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir, extend_to=None):
