@@ -25,6 +25,7 @@ from recbole_derrd.backbones import adapter_for
 from recbole_derrd.config import check_backbone_sizes, teacher_config
 from recbole_derrd.terms import CD as CDTerm
 from recbole_derrd.terms import DE as DETerm
+from recbole_derrd.terms import HTD as HTDTerm
 from recbole_derrd.terms import IR as IRTerm
 from recbole_derrd.terms import RD as RDTerm
 from recbole_derrd.terms import RRD as RRDTerm
@@ -287,3 +288,11 @@ class IRRRD(DistilledRecommender):
 
     terms = (RRDTerm, IRTerm)
     property_files = ("distillation.yaml", "model/RRD.yaml", "model/IR.yaml")
+
+
+class HTD(DistilledRecommender):
+    """Student trained with hierarchical topology distillation (Kang et al., KDD 2021), the
+    authors' successor to DE: the relations among the teacher's representations, by group."""
+
+    terms = (HTDTerm,)
+    property_files = ("distillation.yaml", "model/HTD.yaml")

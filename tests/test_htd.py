@@ -1,0 +1,134 @@
+"""HTD, hierarchical topology distillation: the topology losses against hand computations, the
+groups from the selection network, the term's loss assembled by hand, and a run through RecBole."""
+
+import math
+
+import pytest
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_model, init_seed
+
+import recbole_derrd
+from recbole_derrd.distillation.topology import (cosine_matrix, entity_topology_loss, group_prototypes,
+                                                 group_topology_loss, hierarchical_topology_loss)
+from recbole_derrd.quick_start import run_recbole
+from recbole_derrd.teacher import prepare_distillation
+
+SMALL_HTD = {"htd_num_groups": 3}
+
+
+def cos(a, b):
+    return float(torch.dot(a, b) / (a.norm() * b.norm()))
+
+
+# --------------------------------------------------------------------------- by hand
+# three entities in two groups: 0 and 1 together, 2 alone; 2-d student, 3-d teacher
+STUDENT = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+TEACHER = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-1.0, 1.0, 0.0]])
+GROUPS = torch.tensor([0, 0, 1])
+
+
+def test_entity_level_compares_same_group_pairs_only():
+    # group 0: pair (0, 1): student cos 1/sqrt(2), teacher cos 0 (not positive: dropped by default);
+    # the self-pairs have cos 1 on both sides; group 1 is one entity
+    assert entity_topology_loss(STUDENT, TEACHER, GROUPS).item() == pytest.approx(0.0)
+    every_pair = entity_topology_loss(STUDENT, TEACHER, GROUPS, positive_only=False).item()
+    assert every_pair == pytest.approx(2 * (1 / math.sqrt(2) - 0) ** 2)  # (0, 1) and (1, 0)
+    # a positive teacher similarity counts
+    teacher = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0], [-1.0, 1.0, 0.0]])
+    expected = 2 * (1 / math.sqrt(2) - 1 / math.sqrt(3)) ** 2
+    assert entity_topology_loss(STUDENT, teacher, GROUPS).item() == pytest.approx(expected)
+
+
+def test_group_level_relates_every_entity_to_every_prototype():
+    student_protos = [(STUDENT[0] + STUDENT[1]) / 2, STUDENT[2]]
+    teacher_protos = [(TEACHER[0] + TEACHER[1]) / 2, TEACHER[2]]
+    expected = sum((cos(student_protos[g], STUDENT[i]) - cos(teacher_protos[g], TEACHER[i])) ** 2
+                   for g in range(2) for i in range(3))
+    assert group_topology_loss(STUDENT, TEACHER, GROUPS).item() == pytest.approx(expected, rel=1e-6)
+    torch.testing.assert_close(group_prototypes(TEACHER, GROUPS, torch.tensor([0, 1])),
+                               torch.stack(teacher_protos))
+    total = hierarchical_topology_loss(STUDENT, TEACHER, GROUPS, positive_only=False).item()
+    assert total == pytest.approx(expected + 2 * (1 / math.sqrt(2)) ** 2, rel=1e-6)
+
+
+def test_the_prototypes_carry_no_gradient():
+    student = STUDENT.clone().requires_grad_(True)
+    group_topology_loss(student, TEACHER, GROUPS).backward()
+    # by hand: d/ds_i of sum_g (cos(P_g, s_i) - c_gi)^2 with P fixed
+    by_hand = torch.zeros_like(STUDENT)
+    protos = [(STUDENT[0] + STUDENT[1]) / 2, STUDENT[2]]
+    teacher_protos = [(TEACHER[0] + TEACHER[1]) / 2, TEACHER[2]]
+    for i in range(3):
+        s = STUDENT[i].clone().requires_grad_(True)
+        loss = sum((torch.dot(p, s) / (p.norm() * s.norm()) - cos(tp, TEACHER[i])) ** 2
+                   for p, tp in zip(protos, teacher_protos))
+        loss.backward()
+        by_hand[i] = s.grad
+    torch.testing.assert_close(student.grad, by_hand)
+
+
+def test_cosine_matrix_and_perfect_students():
+    torch.testing.assert_close(cosine_matrix(STUDENT, STUDENT).diagonal(), torch.ones(3))
+    # a student whose representations are a rotation and scaling of the teacher's has its topology
+    rotation = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)))[0]
+    assert hierarchical_topology_loss(2 * TEACHER @ rotation, TEACHER, GROUPS).item() < 1e-10
+
+
+# --------------------------------------------------------------------------- the term
+def build(settings):
+    config = Config(model="HTD", config_dict=settings)
+    init_seed(config["seed"], config["reproducibility"])
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    init_seed(config["seed"], config["reproducibility"])
+    net = get_model("HTD")(config, train._dataset)
+    prepare_distillation(net, train, valid)
+    net.start_epoch(0)
+    return config, net, train
+
+
+def test_the_term_assembles_group_assignment_and_topology(tiny):
+    config, net, train = build(dict(tiny, **SMALL_HTD))
+    term = net.term("HTD")
+    assert term.tau == 1.0 and term.alpha == 0.5 and term.num_groups == 3
+    interaction = next(iter(train))
+    batch = net.batch(interaction)
+    users = batch.users
+    items = torch.unique(torch.cat([batch.positives, batch.negatives]))
+    student, teacher = net.student_adapter, net.teacher_adapter
+    with torch.no_grad():
+        t_users, t_items = teacher.user_repr(users), teacher.item_repr(items)
+        groups = torch.cat([term.user_experts.selection(t_users).argmax(-1),
+                            term.item_experts.selection(t_items).argmax(-1) + 3])
+        topology = hierarchical_topology_loss(torch.cat([student.user_repr(users), student.item_repr(items)]),
+                                              torch.cat([t_users, t_items]), groups)
+    torch.manual_seed(7)  # the Gumbel noise of the group assignment
+    with torch.no_grad():
+        assignment = (term.user_experts.loss(student.user_repr(users), t_users, term.tau)
+                      + term.item_experts.loss(student.item_repr(items), t_items, term.tau))
+        torch.manual_seed(7)
+        loss = term.raw_loss(batch)
+    torch.testing.assert_close(loss, 0.5 * topology + 0.5 * assignment)
+    assert groups[:len(users)].max() < 3 <= groups[len(users):].min()
+    # the temperature anneals geometrically over htd_anneal_epochs
+    net.start_epoch(50)
+    assert term.tau == pytest.approx(1e-5)
+
+
+def test_htd_trains_through_recbole_and_checks_its_keys(tiny):
+    result = run_recbole("HTD", config_dict=dict(tiny, **SMALL_HTD), saved=True)
+    assert 0 <= result["test_result"]["ndcg@10"] <= 1
+    assert recbole_derrd.HTD.terms[0].name == "HTD"
+    with pytest.raises(ValueError, match=r"htd_alpha=1.5 must be in \[0, 1\]"):
+        build(dict(tiny, htd_alpha=1.5))
+    with pytest.raises(ValueError, match="htd_tau_end=2 must not exceed htd_tau_start=1.0"):
+        build(dict(tiny, htd_tau_end=2))
+    with pytest.raises(ValueError, match="htd_num_groups=0 must be a positive integer"):
+        build(dict(tiny, htd_num_groups=0))
+
+
+def test_htd_needs_representations_on_both_sides(tiny):
+    with pytest.raises(ValueError, match="HTD: its HTD term distils user and item representations, but "
+                                         "teacher_model='EASE' only scores"):
+        Config(model="HTD", config_dict=dict(tiny, teacher_model="EASE"))
