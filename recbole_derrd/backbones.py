@@ -149,7 +149,21 @@ class BackboneAdapter:
                           for block in users.split(step)], 0)
 
 
-class ScoreOnlyAdapter(BackboneAdapter):
+class ScoresOnly:
+    """Mixin of the adapters that offer scores and no representation (DE refuses them)."""
+
+    has_representations = False
+    user_dim = item_dim = None
+    #: what a row is, for the message (a user; a sequence prefix)
+    row_kind = "user"
+
+    def user_repr(self, rows):
+        raise TypeError("%s has no %s representation (it only scores)" % (type(self.model).__name__, self.row_kind))
+
+    item_repr = user_repr
+
+
+class ScoreOnlyAdapter(ScoresOnly, BackboneAdapter):
     """Any RecBole general recommender, through its own ``predict`` and ``full_sort_predict``.
 
     The ranking terms need scores only, so this serves every model as a teacher (ItemKNN, EASE,
@@ -157,24 +171,10 @@ class ScoreOnlyAdapter(BackboneAdapter):
     representations: DE refuses such a model at start-up (:func:`check_terms_fit`).
     """
 
-    has_representations = False
     #: how chosen pairs are scored: ``"catalogue"`` gathers them from one ``full_sort_predict``
     #: row per user (models that score a user's whole catalogue in one pass: autoencoders,
     #: item-similarity models); ``"pairs"`` calls ``predict`` once per pair (pair models)
     score_by = "catalogue"
-
-    @property
-    def user_dim(self):
-        return None
-
-    @property
-    def item_dim(self):
-        return None
-
-    def user_repr(self, users):
-        raise TypeError("%s has no user representation (it only scores)" % type(self.model).__name__)
-
-    item_repr = user_repr
 
     def pair_scores(self, users, items):
         from recbole.data.interaction import Interaction

@@ -20,7 +20,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-from recbole_derrd.backbones import BackboneAdapter, gathered_dot
+from recbole_derrd.backbones import BackboneAdapter, ScoresOnly, gathered_dot
 
 #: names a RecBole sequential ``forward`` gives its arguments -> what to pass
 _SEQ_ARGUMENTS = {"item_seq": "seq", "seq_item": "seq", "inverse_item_seq": "seq",
@@ -229,30 +229,17 @@ class NPEAdapter(SequentialAdapter):
         return torch.relu(self.model.item_embedding.weight)
 
 
-class SequentialScoreOnlyAdapter(SequentialAdapter):
+class SequentialScoreOnlyAdapter(ScoresOnly, SequentialAdapter):
     """Any sequential model through its own ``full_sort_predict`` on the bound batch's rows:
     scores only (no representation for DE)."""
 
     model_names = ()
-    has_representations = False
+    row_kind = "query"
 
     def __init__(self, model):
         BackboneAdapter.__init__(self, model)
         self._batch = None
         self._query = None
-
-    @property
-    def user_dim(self):
-        return None
-
-    @property
-    def item_dim(self):
-        return None
-
-    def user_repr(self, rows):
-        raise TypeError("%s has no query representation (it only scores)" % type(self.model).__name__)
-
-    item_repr = user_repr
 
     def queries(self):
         """The bound batch's [B, n_items] scores (once per step)."""

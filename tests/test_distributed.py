@@ -42,18 +42,23 @@ def run_script(workdir, config, nproc):
     return json.loads(line[len("RESULT "):])
 
 
-def test_derrd_with_two_cpu_ranks_is_sane(tiny, workdir):
-    config = dict(tiny, epochs=4, t_epochs=4, ip="127.0.0.1")
+def one_and_two_ranks(workdir, config):
+    """Test results of the same run in one process and on two ranks; checks what both share."""
     single = run_script(workdir, dict(config, checkpoint_dir=str(workdir / "single")), 1)
     double = run_script(workdir, dict(config, checkpoint_dir=str(workdir / "ddp")), 2)
     assert set(double) == set(single)
     for key, value in double.items():
         assert 0.0 <= value <= 1.0, key
-    # Two ranks train with half the batches each and their own teacher: close, not identical.
+    # Two ranks train with half the batches each: close, not identical.
     assert abs(double["ndcg@10"] - single["ndcg@10"]) < 0.1
-    assert abs(double["hit@10"] - single["hit@10"]) < 0.15
     teachers = os.listdir(workdir / "ddp" / "teachers")
     assert sum(name.endswith(".pth") for name in teachers) == 1  # rank 0 alone wrote the cache
+    return single, double
+
+
+def test_derrd_with_two_cpu_ranks_is_sane(tiny, workdir):
+    single, double = one_and_two_ranks(workdir, dict(tiny, epochs=4, t_epochs=4, ip="127.0.0.1"))
+    assert abs(double["hit@10"] - single["hit@10"]) < 0.15
 
 
 def test_a_sequential_pair_with_two_cpu_ranks_is_sane(tiny, workdir):
@@ -64,14 +69,7 @@ def test_a_sequential_pair_with_two_cpu_ranks_is_sane(tiny, workdir):
                   eval_args={"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
                   train_neg_sample_args=None, MAX_ITEM_LIST_LENGTH=10, embedding_size=8, hidden_size=8,
                   t_hidden_size=16, t_inner_size=32, t_n_layers=1, rrd_top_n=20, rrd_k=5, rrd_l=5)
-    single = run_script(workdir, dict(config, checkpoint_dir=str(workdir / "single")), 1)
-    double = run_script(workdir, dict(config, checkpoint_dir=str(workdir / "ddp")), 2)
-    assert set(double) == set(single)
-    for key, value in double.items():
-        assert 0.0 <= value <= 1.0, key
-    assert abs(double["ndcg@10"] - single["ndcg@10"]) < 0.1
-    teachers = os.listdir(workdir / "ddp" / "teachers")
-    assert sum(name.endswith(".pth") for name in teachers) == 1
+    one_and_two_ranks(workdir, config)
 
 
 EVALUATE = r'''
