@@ -173,3 +173,23 @@ def test_cells_share_a_given_teacher_cache():
     assert given["teacher_cache_dir"] == "/shared/teachers" and given["seed"] == 1 and given["epochs"] == 3
     assert given["checkpoint_dir"] == os.path.join("/runs/a", "checkpoints", "DERRD-seed1")
     assert _settings(None, 0, "/runs/a", "Student-seed0")["teacher_cache_dir"] == os.path.join("/runs/a", "teachers")
+
+
+def test_each_pair_is_tested_once_against_the_student_first():
+    """With a later method as the only distillation row it is also the best baseline: its test
+    against the student alone appears once, as "HTD vs Student", not again reversed."""
+    def cell(method, values):
+        return {"method": method, "seed": 0, "model": "BPR", "parameters": 1, "test_result": {"ndcg@10": 0.3},
+                "best_valid_result": None, "train_and_test_seconds": None, "inference_seconds_256_users": None,
+                "resumed_from": None, "best_epoch": 1, "last_epoch": 2,
+                "per_user": {"ndcg@10": values, "hit@10": values}}
+
+    cells = {("Teacher", 0): cell("Teacher", [0.9, 0.8, 0.7, 0.9, 0.6, 0.8]),
+             ("Student", 0): cell("Student", [0.1, 0.2, 0.3, 0.1, 0.2, 0.4]),
+             ("HTD", 0): cell("HTD", [0.2, 0.3, 0.5, 0.2, 0.3, 0.6])}
+    summary = comparison.summarise(cells, ["Teacher", "Student", "HTD"], [0])
+    assert summary["best_baseline"] == "HTD"
+    pairs = [(t["method"], t["reference"]) for t in summary["tests"] if t["metric"] == "ndcg@10"]
+    assert pairs == [("Teacher", "Student"), ("Teacher", "HTD"), ("HTD", "Student")]
+    assert [t["mean_diff"] for t in summary["tests"] if t["method"] == "HTD" and t["metric"] == "ndcg@10"] \
+        == [pytest.approx(0.8 / 6)]  # per-user gaps .1 .1 .2 .1 .1 .2

@@ -255,13 +255,19 @@ def summarise(cells, methods, seeds):
         return per_user_over_seeds([cells[(method, s)]["per_user"] for s in seeds])
 
     tests = []
-    for row in rows:
-        for reference in (STUDENT, best_baseline):
-            if reference is None or reference == row["method"] or STUDENT not in methods:
+    # each pair once, against the student alone first (so "HTD vs Student", not "Student vs HTD"
+    # again when HTD is the best baseline); listed in the rows' order
+    tested, order = set(), {row["method"]: i for i, row in enumerate(rows)}
+    for reference in (STUDENT, best_baseline):
+        for row in rows:
+            pair = frozenset((reference, row["method"]))
+            if reference is None or reference == row["method"] or STUDENT not in methods or pair in tested:
                 continue
+            tested.add(pair)
             for metric in PAIRED_METRICS:
                 t = paired_test(per_user(reference), per_user(row["method"]), metric)
                 tests.append(dict(t, method=row["method"], reference=reference))
+    tests.sort(key=lambda t: order[t["method"]])  # stable: the student-alone test stays first
     return {"rows": rows, "metrics": metrics, "best": best, "best_baseline": best_baseline, "tests": tests}
 
 
