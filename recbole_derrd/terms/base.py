@@ -69,6 +69,21 @@ def boolean(config, key):
     return value
 
 
+def expert_schedule(config, prefix, threshold_key):
+    """(tau_start, tau_end, anneal_epochs, weight_threshold) of a term built on the distillation
+    experts (DE; HTD's group assignment): the keys ``<prefix>_tau_start``, ``<prefix>_tau_end``,
+    ``<prefix>_anneal_epochs`` and ``threshold_key``, checked."""
+    tau_start = positive(config, prefix + "_tau_start")
+    tau_end = positive(config, prefix + "_tau_end")
+    if tau_end > tau_start:
+        raise ValueError("%s_tau_end=%r must not exceed %s_tau_start=%r" % (prefix, tau_end, prefix, tau_start))
+    anneal_epochs = non_negative(config, prefix + "_anneal_epochs")
+    threshold = non_negative(config, threshold_key)
+    if threshold >= 1:
+        raise ValueError("%s=%r must be below 1" % (threshold_key, threshold))
+    return tau_start, tau_end, anneal_epochs, threshold
+
+
 def one_of(config, key, allowed):
     value = config[key]
     if value not in allowed:

@@ -3,8 +3,8 @@
 import torch
 
 from recbole_derrd.distillation import DistillationExperts, tau_at_epoch
-from recbole_derrd.terms.base import (KD_IMPLEMENTATIONS, DistillationTerm, non_negative, non_negative_int,
-                                      one_of, positive, positive_int)
+from recbole_derrd.terms.base import (KD_IMPLEMENTATIONS, DistillationTerm, expert_schedule, non_negative,
+                                      non_negative_int, one_of, positive_int)
 
 #: ``de_rows``: which rows a batch distils (see :class:`DE`).
 DE_ROWS = ("batch", "epoch")
@@ -68,15 +68,8 @@ class DE(DistillationTerm):
     @classmethod
     def from_config(cls, config, context):
         weight = non_negative(config, "de_weight")
-        tau_start = positive(config, "de_tau_start")
-        tau_end = positive(config, "de_tau_end")
-        if tau_end > tau_start:
-            raise ValueError("de_tau_end=%r must not exceed de_tau_start=%r" % (tau_end, tau_start))
-        anneal_epochs = non_negative(config, "de_anneal_epochs")
+        tau_start, tau_end, anneal_epochs, threshold = expert_schedule(config, "de", "de_weight_threshold")
         num_experts = positive_int(config, "de_num_experts")
-        threshold = non_negative(config, "de_weight_threshold")
-        if threshold >= 1:
-            raise ValueError("de_weight_threshold=%r must be below 1" % (threshold,))
         rows = one_of(config, "de_rows", DE_ROWS)
         max_rows = non_negative_int(config, "de_max_rows")
         if rows == "epoch" and max_rows:

@@ -23,7 +23,8 @@ import torch
 
 from recbole_derrd.distillation import DistillationExperts, tau_at_epoch
 from recbole_derrd.distillation.topology import hierarchical_topology_loss
-from recbole_derrd.terms.base import DistillationTerm, boolean, non_negative, number, positive, positive_int
+from recbole_derrd.terms.base import (DistillationTerm, boolean, expert_schedule, non_negative, number,
+                                      positive_int)
 
 
 class HTD(DistillationTerm):
@@ -56,13 +57,7 @@ class HTD(DistillationTerm):
             raise ValueError("htd_alpha=%r must be in [0, 1] (the topology's share; 1 - alpha is the "
                              "group assignment's)" % (alpha,))
         num_groups = positive_int(config, "htd_num_groups")
-        tau_start, tau_end = positive(config, "htd_tau_start"), positive(config, "htd_tau_end")
-        if tau_end > tau_start:
-            raise ValueError("htd_tau_end=%r must not exceed htd_tau_start=%r" % (tau_end, tau_start))
-        anneal_epochs = non_negative(config, "htd_anneal_epochs")
-        threshold = non_negative(config, "htd_weight_threshold")
-        if threshold >= 1:
-            raise ValueError("htd_weight_threshold=%r must be below 1" % (threshold,))
+        tau_start, tau_end, anneal_epochs, threshold = expert_schedule(config, "htd", "htd_weight_threshold")
         return cls(context, weight, alpha, num_groups, tau_start, tau_end, anneal_epochs, threshold,
                    boolean(config, "htd_positive_pairs_only"))
 
