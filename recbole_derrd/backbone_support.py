@@ -38,27 +38,21 @@ OTHER_PACKAGES = ("recbole.model.context_aware_recommender", "recbole.model.know
 #: general recommenders fitted without gradient steps (closed form, counting, similarity).
 NO_GRADIENT = ("ADMMSLIM", "AsymKNN", "EASE", "ItemKNN", "NCEPLRec", "Pop", "Random", "SLIMElastic")
 
+_CANDIDATES = "labelled candidate items (a click-through-rate model: it scores given candidates, not the catalogue)"
+_FEATURES = "item feature fields (selected_features)"
+_KNOWLEDGE = "pre-trained knowledge-graph embeddings"
 #: sequential recommenders that need more than the item ids of a prefix -> what they need
 SEQUENTIAL_NEEDS = {
-    "DIN": "labelled candidate items (a click-through-rate model: it scores given candidates, not the "
-           "catalogue)",
-    "DIEN": "labelled candidate items (a click-through-rate model: it scores given candidates, not the "
-            "catalogue)",
-    "FDSA": "item feature fields (selected_features)",
-    "GRU4RecF": "item feature fields (selected_features)",
-    "SASRecF": "item feature fields (selected_features)",
+    "DIN": _CANDIDATES, "DIEN": _CANDIDATES,
+    "FDSA": _FEATURES, "GRU4RecF": _FEATURES, "SASRecF": _FEATURES,
     "S3Rec": "item attribute fields and a pre-training stage",
-    "KSR": "pre-trained knowledge-graph embeddings",
-    "GRU4RecKG": "pre-trained knowledge-graph embeddings",
+    "KSR": _KNOWLEDGE, "GRU4RecKG": _KNOWLEDGE,
 }
 
+_PREDICT_DISABLED = ("its predict() is disabled in RecBole 1.2.1 (it stops with 'assert False'), and "
+                     "RecBole's run script calls it to count FLOPs; it can be a teacher")
 #: sequential models that cannot be a student, and why
-SEQUENTIAL_STUDENT_REFUSALS = {
-    "GRU4RecCPR": "its predict() is disabled in RecBole 1.2.1 (it stops with 'assert False'), and RecBole's "
-                  "run script calls it to count FLOPs; it can be a teacher",
-    "SASRecCPR": "its predict() is disabled in RecBole 1.2.1 (it stops with 'assert False'), and RecBole's "
-                 "run script calls it to count FLOPs; it can be a teacher",
-}
+SEQUENTIAL_STUDENT_REFUSALS = {"GRU4RecCPR": _PREDICT_DISABLED, "SASRecCPR": _PREDICT_DISABLED}
 
 #: model classes registered by users (name -> class), found by RecBole's get_model too.
 REGISTERED = {}
@@ -156,8 +150,9 @@ def check_pair(student, teacher):
 def student_refusal(model_class):
     """Why ``model_class`` cannot be a distilled student, or None when it can."""
     name = model_class.__name__
-    if _needs_more_than_ids(model_class):
-        return _needs_more_than_ids(model_class)
+    needs = _needs_more_than_ids(model_class)
+    if needs:
+        return needs
     if name in SEQUENTIAL_STUDENT_REFUSALS and name not in REGISTERED:
         return "%s: %s" % (name, SEQUENTIAL_STUDENT_REFUSALS[name])
     if name in NO_GRADIENT or getattr(model_class, "type", None) == ModelType.TRADITIONAL:
@@ -180,8 +175,9 @@ def teacher_refusal(model_class, checkpoint_given=False):
     """Why the plugin cannot train ``model_class`` as a teacher, or None.  Staged models (RaCT:
     actor pre-training, critic pre-training, then fine-tuning from a saved file) cannot be
     trained in one call; trained with RecBole and given as ``teacher_checkpoint`` they teach."""
-    if _needs_more_than_ids(model_class):
-        return _needs_more_than_ids(model_class)
+    needs = _needs_more_than_ids(model_class)
+    if needs:
+        return needs
     if checkpoint_given:
         return None
     import recbole.trainer

@@ -78,16 +78,13 @@ def tiny_sequential_settings(folder, n_users=60, n_items=150, interactions=1500)
 
 
 def _bpr_only(name):
+    """A sequential model whose stock loss reads sampled negatives (FPMC, TransRec)."""
     from recbole.utils import get_model
 
-    from recbole_derrd.backbone_support import is_sequential
+    from recbole_derrd.backbone_support import is_sequential, needs_negatives
     from recbole_derrd.config import stock_model_yaml
 
-    if not is_sequential(name):
-        return False
-    loss_type = stock_model_yaml(name).get("loss_type")
-    return loss_type == "BPR" or (loss_type is None and getattr(get_model(name), "input_type", None) is not None
-                                  and get_model(name).input_type.name == "PAIRWISE")
+    return is_sequential(name) and needs_negatives(get_model(name), stock_model_yaml(name))
 
 
 def settings_for(name, settings, sequential_settings):
