@@ -124,6 +124,13 @@ def layered_properties(model_class, external, loader=yaml.FullLoader):
     return layers
 
 
+def samples_negatives(train_neg_sample_args):
+    """Whether ``train_neg_sample_args`` draws negatives: not None, and not the form RecBole
+    writes a None back in once the data is prepared (``{'distribution': 'none', ...}``)."""
+    args = train_neg_sample_args
+    return args is not None and not (isinstance(args, dict) and args.get("distribution") == "none")
+
+
 def teacher_settings(final_config_dict):
     """The teacher's config dict: the student's, with every ``t_<key>`` applied to ``<key>``."""
     settings = {k: v for k, v in final_config_dict.items()

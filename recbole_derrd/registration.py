@@ -69,24 +69,18 @@ def _set_default_parameters(self):
         check_dataset_files(self)
 
 
-def _samples_negatives(settings):
-    """Whether training batches carry sampled negatives (RecBole writes None back as a dict
-    with distribution 'none' once the data is prepared)."""
-    args = settings.get("train_neg_sample_args")
-    return args is not None and not (isinstance(args, dict) and args.get("distribution") == "none")
-
-
 def check_sequential_sampling(settings):
     """RecBole's rule for a sequential model with a CE loss (no sampled negatives), applied to
     the student, and a teacher whose loss needs negatives the student's batches do not carry."""
     if settings["MODEL_TYPE"] != ModelType.SEQUENTIAL:
         return
-    if settings["MODEL_INPUT_TYPE"] == InputType.POINTWISE and _samples_negatives(settings):
+    negatives = plugin_config.samples_negatives(settings.get("train_neg_sample_args"))
+    if settings["MODEL_INPUT_TYPE"] == InputType.POINTWISE and negatives:
         raise ValueError("train_neg_sample_args=%r must be None when the sequential student's loss_type is "
                          "'CE' (as for RecBole's own sequential models): set train_neg_sample_args: ~"
                          % (settings["train_neg_sample_args"],))
     teacher = settings["teacher_model"]
-    if needs_negatives(get_model(teacher), plugin_config.teacher_settings(settings)) and not _samples_negatives(settings):
+    if needs_negatives(get_model(teacher), plugin_config.teacher_settings(settings)) and not negatives:
         raise ValueError("teacher_model=%r trains with sampled negatives (a BPR loss), but the student's batches "
                          "carry none (train_neg_sample_args is None): give the teacher t_loss_type: CE where it "
                          "has one, or the student loss_type: BPR with train_neg_sample_args" % (teacher,))

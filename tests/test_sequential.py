@@ -248,6 +248,11 @@ def test_sequential_refusals_name_the_key_and_the_reason(workdir, tiny_seq):
         Config(model="RRD", config_dict=dict(tiny_seq, teacher_model="FPMC"))
     with pytest.raises(ValueError, match=r"rrd_top_n \+ rrd_l = 200 needs that many items"):
         run_recbole("RRD", config_dict=dict(tiny_seq, rrd_top_n=150, rrd_l=50), saved=False)
+    # RecBole writes a None back as a dict of distribution 'none': no negatives either way
+    from recbole_derrd.config import samples_negatives
+
+    assert not samples_negatives(None) and not samples_negatives({"distribution": "none", "sample_num": "none"})
+    assert samples_negatives({"distribution": "uniform", "sample_num": 1})
 
 
 def test_a_users_own_sequential_model_is_registered(tiny_seq):

@@ -23,7 +23,7 @@ import yaml
 
 from recbole_derrd.atomic import atomic_write_text
 from recbole_derrd.checkpoints import CheckpointError, atomic_save, load_checkpoint
-from recbole_derrd.config import plugin_owned_keys, student_config
+from recbole_derrd.config import plugin_owned_keys, samples_negatives, student_config
 
 STUDENT_PREFIX = "student."
 #: keys RecBole computes itself when it builds a Config, and those that choose devices,
@@ -51,9 +51,8 @@ def plain_settings(config):
     settings = {k: v for k, v in config.final_config_dict.items()
                 if k not in DERIVED_KEYS and _yaml_safe(v)}
     settings = yaml.safe_load(yaml.safe_dump(settings))  # tuples -> lists
-    negatives = settings.get("train_neg_sample_args")
-    if isinstance(negatives, dict) and negatives.get("distribution") == "none":
-        settings["train_neg_sample_args"] = None  # RecBole writes a None back in this form, and refuses it
+    if "train_neg_sample_args" in settings and not samples_negatives(settings["train_neg_sample_args"]):
+        settings["train_neg_sample_args"] = None  # RecBole writes a None back as a dict, and refuses that form
     if config["dataset"] != "ml-100k":  # RecBole appends the dataset name to data_path itself
         settings["data_path"] = os.path.dirname(os.path.normpath(config["data_path"]))
     return settings
