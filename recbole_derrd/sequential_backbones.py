@@ -40,6 +40,7 @@ class SequentialAdapter(BackboneAdapter):
         super().__init__(model)
         self._batch = None
         self._query = None
+        self._table = self._key_fn = None  # a frozen teacher's prefix table (use_prefix_table)
         # the class's forward: the instance's may be a RememberedForward wrapping it
         signature = inspect.signature(type(model).forward)
         self._arguments = [_SEQ_ARGUMENTS.get(name) for name in list(signature.parameters)[1:]]
@@ -73,7 +74,7 @@ class SequentialAdapter(BackboneAdapter):
         self._table, self._key_fn = table, key_fn
 
     def _from_table(self, interaction):
-        table = getattr(self, "_table", None)
+        table = self._table
         if table is None or table.queries is None:
             return None
         found, position = table.positions(self._key_fn(interaction))
