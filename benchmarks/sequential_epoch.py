@@ -25,6 +25,7 @@ import time
 import torch
 
 from _common import add_common_arguments, child_result, environment_line, print_result, record, record_allowed
+from train_overhead import EpochTimer
 
 ROWS = [  # (label, model)
     ("Student alone (SASRec-16, 1 layer)", "SASRec"),
@@ -60,42 +61,16 @@ def prepared(model_name, batch_size, cache_mib=1024):
     return model, train, hook, setup
 
 
-class Timer:
-    """Training steps of one row with the fused Adam the plugin's trainer uses."""
-
-    def __init__(self, model, train, hook, max_batches):
-        from recbole_derrd.distillation_trainer import fused_adam
-
-        self.model, self.hook, self.max_batches = model, hook, max_batches
-        self.batches = [batch for _, batch in zip(range(max_batches or len(train)), train)]
-        self.optimizer = fused_adam(torch.optim.Adam(model.parameters(), lr=1e-3))
-        self.epoch = 0
-        self.totals = []
-
-    def run_epoch(self):
-        start = time.perf_counter()
-        if self.hook:
-            self.hook(self.epoch)
-        self.model.train()
-        for batch in self.batches:
-            loss = self.model.calculate_loss(batch)
-            loss = sum(loss) if isinstance(loss, tuple) else loss
-            self.optimizer.zero_grad()
-            loss.backward()
-            self.optimizer.step()
-        self.totals.append(time.perf_counter() - start)
-        self.epoch += 1
-
-
 def measure_row(args):
     torch.set_num_threads(args.threads)
     model, train, hook, setup = prepared(ROWS[args.row][1], args.batch_size, args.cache_mib)
-    timer = Timer(model, train, hook, args.max_batches)
+    batches = [batch for _, batch in zip(range(args.max_batches or len(train)), train)]
+    timer = EpochTimer(model, batches, hook)  # the fused Adam the plugin's trainer uses
     timer.run_epoch()  # untimed warm-up
     timer.totals.clear()
     for _ in range(args.epochs):
         timer.run_epoch()
-    print_result({"totals": timer.totals, "batches": len(timer.batches), "all_batches": len(train),
+    print_result({"totals": timer.totals, "batches": len(batches), "all_batches": len(train),
                   "setup": setup})
 
 
