@@ -120,3 +120,13 @@ def tiny(workdir):
         "checkpoint_dir": str(workdir / "saved"),
         "seed": 7,
     }
+
+
+@pytest.fixture
+def tiny_seq(tiny):
+    """The tiny dataset under RecBole's sequential protocol, SASRec 16 -> SASRec 8."""
+    return dict(tiny, eval_args={"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user",
+                                 "mode": "full"},
+                train_neg_sample_args=None, MAX_ITEM_LIST_LENGTH=10, student_model="SASRec",
+                teacher_model="SASRec", hidden_size=8, t_hidden_size=16, inner_size=16, t_inner_size=32,
+                n_layers=1, t_n_layers=1, rrd_top_n=20, rrd_k=5, rrd_l=5)

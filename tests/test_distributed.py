@@ -61,15 +61,11 @@ def test_derrd_with_two_cpu_ranks_is_sane(tiny, workdir):
     assert abs(double["hit@10"] - single["hit@10"]) < 0.15
 
 
-def test_a_sequential_pair_with_two_cpu_ranks_is_sane(tiny, workdir):
+def test_a_sequential_pair_with_two_cpu_ranks_is_sane(tiny_seq, workdir):
     """SASRec -> GRU4Rec under RecBole's sequential protocol, two ranks: the prefix table and the
     per-rank batches of prefixes work as in one process (close, not identical: half the batches
     each)."""
-    config = dict(tiny, epochs=3, t_epochs=3, ip="127.0.0.1", student_model="GRU4Rec", teacher_model="SASRec",
-                  eval_args={"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
-                  train_neg_sample_args=None, MAX_ITEM_LIST_LENGTH=10, embedding_size=8, hidden_size=8,
-                  t_hidden_size=16, t_inner_size=32, t_n_layers=1, rrd_top_n=20, rrd_k=5, rrd_l=5)
-    one_and_two_ranks(workdir, config)
+    one_and_two_ranks(workdir, dict(tiny_seq, epochs=3, t_epochs=3, ip="127.0.0.1", student_model="GRU4Rec"))
 
 
 EVALUATE = r'''
