@@ -108,21 +108,21 @@ def test_baselines_run_through_stock_run_recbole(tiny, model):
 
 @pytest.fixture
 def cd_grid():
-    """results/citeulike/cd_grid.py, a script (not part of the package), loaded as a module."""
+    """results/citeulike/method_grid.py, a script (not part of the package), loaded as a module."""
     import importlib.util
     import os
 
     from conftest import ROOT
 
     spec = importlib.util.spec_from_file_location(
-        "cd_grid", os.path.join(ROOT, "results", "citeulike", "cd_grid.py"))
+        "method_grid", os.path.join(ROOT, "results", "citeulike", "method_grid.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_cd_grid_script_reads_the_shipped_grid_and_ranks_by_validation(cd_grid, tmp_path):
-    """results/citeulike/cd_grid.py: the 72 points of CD.hyper, keys the CD model reads, and a
+    """results/citeulike/method_grid.py: the 72 points of CD.hyper, keys the CD model reads, and a
     summary ordered by the validation score (the test split is never part of a record)."""
     import json
 
@@ -142,14 +142,14 @@ def test_cd_grid_axis_search_walks_one_axis_at_a_time_from_the_fixed_start(cd_gr
     """The cheaper strategy: start point first, then each axis in order with the others held at
     the best so far; no point twice; a tie keeps the earlier point."""
     axes = cd_grid.grid()
-    assert cd_grid.START == {"cd_gamma": 100.0, "cd_temperature": 1.0, "cd_samples": 10, "cd_weight": 0.01}
+    assert cd_grid.STARTS["CD"] == {"cd_gamma": 100.0, "cd_temperature": 1.0, "cd_samples": 10, "cd_weight": 0.01}
     # score: weight 0.1 best; gamma 10 best only once weight is 0.1; samples and t tie
     def score(p):
         return (p["cd_weight"] == 0.1) + 0.5 * (p["cd_gamma"] == 10.0 and p["cd_weight"] == 0.1)
 
-    best, seen = cd_grid.axis_search(axes, score)
+    best, seen = cd_grid.axis_search(axes, score, cd_grid.STARTS["CD"], cd_grid.AXIS_ORDERS["CD"])
     assert best == {"cd_gamma": 10.0, "cd_temperature": 1.0, "cd_samples": 10, "cd_weight": 0.1}
-    assert seen[0] == cd_grid.START
+    assert seen[0] == cd_grid.STARTS["CD"]
     assert [(p["cd_weight"], p["cd_gamma"], p["cd_samples"], p["cd_temperature"]) for p in seen] == [
         (0.01, 100.0, 10, 1.0), (0.001, 100.0, 10, 1.0), (0.1, 100.0, 10, 1.0), (1.0, 100.0, 10, 1.0),
         (10.0, 100.0, 10, 1.0), (100.0, 100.0, 10, 1.0),  # weight
@@ -157,4 +157,16 @@ def test_cd_grid_axis_search_walks_one_axis_at_a_time_from_the_fixed_start(cd_gr
         (0.1, 10.0, 50, 1.0), (0.1, 10.0, 10, 5.0)]  # samples, then t: ties keep 10 and 1.0
     assert len(seen) == 10 and len({cd_grid.point_name(p) for p in seen}) == 10
     with pytest.raises(ValueError, match="not on the grid"):
-        cd_grid.axis_search(axes, score, start=dict(cd_grid.START, cd_weight=0.5))
+        cd_grid.axis_search(axes, score, dict(cd_grid.STARTS["CD"], cd_weight=0.5), cd_grid.AXIS_ORDERS["CD"])
+
+
+def test_derrd_grid_has_the_issue_axes_and_a_start_on_it(cd_grid):
+    """The DERRD search: the shipped DERRD.hyper's axes, a start point on the grid (the paper's
+    settings), and one axis pass within issue 18's budget of 13 points."""
+    axes = dict(cd_grid.grid("DERRD"))
+    assert set(axes) == set(cd_grid.AXIS_ORDERS["DERRD"]) == set(cd_grid.STARTS["DERRD"])
+    assert all(cd_grid.STARTS["DERRD"][k] in v for k, v in axes.items())
+    _, seen = cd_grid.axis_search(list(axes.items()), lambda p: 0.0, cd_grid.STARTS["DERRD"],
+                                  cd_grid.AXIS_ORDERS["DERRD"])
+    assert len(seen) == 1 + sum(len(v) - 1 for v in axes.values()) == 9
+    assert cd_grid.point_name({"de_weight": 0.1, "cd_gamma": 10}) == "de_weight=0.1_gamma=10"

@@ -249,7 +249,7 @@ def test_hyper_tuning_uses_plugin_models(tiny, workdir):
 def test_shipped_tuning_files_run_with_hyper_tuning(tiny, workdir, monkeypatch):
     pytest.importorskip("hyperopt", reason="HyperTuning needs the optional hyperopt package")
     # hyperopt's random search draws from an unseeded RandomState unless this is set: two
-    # draws from the 36-point DERRD file then coincide about once in 36 runs (seen in CI)
+    # draws from the 144-point DERRD file then coincide about once in 36 runs (seen in CI)
     monkeypatch.setenv("HYPEROPT_FMIN_SEED", "1")
     from recbole.quick_start import objective_function
     from recbole.trainer import HyperTuning
@@ -262,7 +262,8 @@ def test_shipped_tuning_files_run_with_hyper_tuning(tiny, workdir, monkeypatch):
                         params_file=recbole_derrd.tuning_file("DERRD"), fixed_config_file_list=[str(fixed)])
     tuner.run()
     assert len(tuner.params2result) == 2
-    assert set(tuner.best_params) == {"de_weight", "rrd_weight", "rrd_k", "rrd_temperature"}
+    assert set(tuner.best_params) == {"de_weight", "rrd_weight", "rrd_k", "rrd_temperature", "rrd_sampling",
+                                      "de_anneal_epochs"}
     cd_fixed = workdir / "cd.yaml"
     cd_fixed.write_text(yaml.safe_dump(dict(tiny, model="CD", epochs=1)))
     cd_tuner = HyperTuning(objective_function, algo="random", early_stop=10, max_evals=1,

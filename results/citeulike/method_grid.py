@@ -1,23 +1,23 @@
-"""Choose CD's four settings on VALIDATION from the shipped grid, one training run per point.
+"""Choose a method's settings on VALIDATION from its shipped grid, one training run per point.
 
-The grid is the plugin's ``properties/tuning/CD.hyper`` (gamma x t x samples x weight, 72
-points).  Each point trains CD (student BPR-20, the given frozen teacher) with the protocol of
+The grid is the plugin's ``properties/tuning/<MODEL>.hyper`` (lines ``key choice [v1, ...]``).
+Each point trains the model (student BPR-20, the given frozen teacher) with the protocol of
 ``citeulike-bpr.yaml`` and records only its best validation result: the test split is never
 evaluated here.  Points run one at a time, each in its own process, and a finished point (its
 JSON file) is never rerun, so an interrupted search resumes where it stopped.
 
 Two strategies over the same grid:
 
-* ``full`` (default): all 72 points (about 5 minutes each on one CPU core for CiteULike).
-* ``axis``: one pass of coordinate search, for when the full grid does not fit the budget.
-  Start at ``START`` (the provisional defaults CD shipped with before any search), then for each
-  axis in ``AXIS_ORDER`` try all its values with the other settings held at the best point so
-  far, and keep the best.  At most 1 + (6-1) + (3-1) + (2-1) + (2-1) = 10 points.  It can miss
+* ``full`` (default): every point of the grid.
+* ``axis``: one pass of coordinate search, for when the full grid does not fit the budget
+  (issue 18 allows 13 points per method).  Start at the model's fixed ``STARTS`` point, then for
+  each axis in its ``AXIS_ORDERS`` try all its values with the other settings held at the best
+  point so far, and keep the best: 1 + sum(values - 1) points (CD 10, DERRD 9).  It can miss
   interactions between settings that only the full grid would find.
 
-    python results/citeulike/cd_grid.py --data_path ../shared/datasets \
-        --teacher_checkpoint cmp/bpr/teachers/BPR-citeulike-<key>.pth --out cmp/cd-grid [--strategy axis]
-    python results/citeulike/cd_grid.py --out cmp/cd-grid --summary   # table only
+    python results/citeulike/method_grid.py --model DERRD --data_path ../shared/datasets \
+        --teacher_checkpoint cmp/bpr/teachers/BPR-citeulike-<key>.pth --out cmp/derrd-grid --strategy axis
+    python results/citeulike/method_grid.py --model DERRD --out cmp/derrd-grid --summary   # table only
 """
 
 import argparse
@@ -28,34 +28,42 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# The axis search's fixed starting point: CD's provisional defaults before any search
-# (properties/model/CD.yaml of 2026-11-28).  A constant, so that the search is reproducible after
-# CD.yaml takes the chosen values.
-START = {"cd_gamma": 100.0, "cd_temperature": 1.0, "cd_samples": 10, "cd_weight": 0.01}
-# The loss weight first: it decides whether the soft labels matter at all.
-AXIS_ORDER = ("cd_weight", "cd_gamma", "cd_samples", "cd_temperature")
-
-
-def grid():
-    """[(name, values)] from the shipped CD.hyper (lines ``name choice [v1, v2, ...]``)."""
+# Each axis search's fixed starting point, constants so that a search stays reproducible after the
+# model's yaml takes the chosen values.  CD: its provisional defaults before any search
+# (properties/model/CD.yaml of 2026-11-28).  DERRD: the paper's settings with the plugin's
+# `de_rows: epoch` (properties/model/DERRD.yaml, RRD.yaml, DE.yaml of 2026-12-02).
+STARTS = {
+    "CD": {"cd_gamma": 100.0, "cd_temperature": 1.0, "cd_samples": 10, "cd_weight": 0.01},
+    "DERRD": {"de_weight": 0.01, "rrd_weight": 0.001, "rrd_k": 40, "rrd_temperature": 10.0,
+              "rrd_sampling": "sample", "de_anneal_epochs": 1000},
+}
+# The loss weights first: they decide whether a term matters at all.  DERRD: the temperature
+# before the sampling switch, since `top` makes the temperature irrelevant.
+AXIS_ORDERS = {
+    "CD": ("cd_weight", "cd_gamma", "cd_samples", "cd_temperature"),
+    "DERRD": ("rrd_weight", "de_weight", "rrd_temperature", "rrd_sampling", "rrd_k", "de_anneal_epochs"),
+}
+def grid(model="CD"):
+    """[(name, values)] from the shipped <model>.hyper (lines ``name choice [v1, v2, ...]``)."""
     import recbole_derrd
 
     axes = []
-    with open(recbole_derrd.tuning_file("CD"), encoding="utf-8") as handle:
+    with open(recbole_derrd.tuning_file(model), encoding="utf-8") as handle:
         for line in handle:
             if line.strip():
                 name, kind, values = line.split(None, 2)
                 if kind != "choice":
-                    raise ValueError("CD.hyper: only 'choice' axes are supported, got %r" % kind)
+                    raise ValueError("%s.hyper: only 'choice' axes are supported, got %r" % (model, kind))
                 axes.append((name, json.loads(values)))
     return axes
 
 
 def point_name(params):
-    return "_".join("%s=%s" % (k.replace("cd_", ""), v) for k, v in params.items())
+    """A point's file name: its settings, CD's without their ``cd_`` prefix (as recorded)."""
+    return "_".join("%s=%s" % (k[3:] if k.startswith("cd_") else k, v) for k, v in params.items())
 
 
-def axis_search(axes, evaluate, start=START, order=AXIS_ORDER):
+def axis_search(axes, evaluate, start, order):
     """One coordinate-search pass: ``evaluate(params) -> validation score`` (higher is better).
 
     Returns (best params, [params in the order evaluated]).  Ties keep the earlier point, so the
@@ -91,10 +99,10 @@ def run_point(args, params):
                     checkpoint_dir=os.path.join(args.out, "checkpoints", point_name(params)))
     if args.data_path:
         settings["data_path"] = args.data_path
-    config, _, train_data, valid_data, _ = prepare("CD", None, args.config_files, settings)
+    config, _, train_data, valid_data, _ = prepare(args.model, None, args.config_files, settings)
     init_seed(config["seed"], config["reproducibility"])
-    model = get_model("CD")(config, train_data._dataset).to(config["device"])
-    trainer = safe_trainer_class(get_trainer(config["MODEL_TYPE"], "CD"))(config, model)
+    model = get_model(args.model)(config, train_data._dataset).to(config["device"])
+    trainer = safe_trainer_class(get_trainer(config["MODEL_TYPE"], args.model))(config, model)
     score, result = trainer.fit(train_data, valid_data, saved=False, show_progress=False)
     record = {"params": params, "best_valid_score": float(score),
               "best_valid_result": {k: float(v) for k, v in result.items()},
@@ -107,7 +115,7 @@ def run_point(args, params):
     os.replace(path + ".tmp", path)
 
 
-def summary(out):
+def summary(out, model="CD"):
     records = []
     for name in sorted(os.listdir(out)):
         if name.endswith(".json"):
@@ -122,9 +130,9 @@ def summary(out):
             rank, " | ".join(str(r["params"][n]) for n in names), r["best_valid_result"]["ndcg@10"],
             r["best_valid_result"]["hit@10"], r["best_epoch"], r["last_epoch"]))
     text = "%d points finished (of %d)\n\n%s\n" % (len(records), len(list(itertools.product(
-        *[v for _, v in grid()]))), "\n".join(lines))
+        *[v for _, v in grid(model)]))), "\n".join(lines))
     print(text)
-    with open(os.path.join(out, "cd-grid.md"), "w", encoding="utf-8") as handle:
+    with open(os.path.join(out, "%s-grid.md" % model.lower()), "w", encoding="utf-8") as handle:
         handle.write(text)
     return records
 
@@ -134,10 +142,11 @@ def main():
     parser.add_argument("--data_path", help="folder holding citeulike/ (default: RecBole's)")
     parser.add_argument("--teacher_checkpoint")
     parser.add_argument("--config_files", nargs="+", default=[os.path.join(HERE, "citeulike-bpr.yaml")])
+    parser.add_argument("--model", choices=sorted(STARTS), default="CD")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strategy", choices=("full", "axis"), default="full",
-                        help="all 72 points, or one coordinate-search pass (see the docstring)")
+                        help="every grid point, or one coordinate-search pass (see the docstring)")
     parser.add_argument("--summary", action="store_true", help="only print / write the table")
     parser.add_argument("--point", help=argparse.SUPPRESS)  # child: JSON of one point's params
     args = parser.parse_args()
@@ -146,11 +155,11 @@ def main():
     if args.point:
         return run_point(args, json.loads(args.point))
     if args.summary:
-        return summary(args.out)
+        return summary(args.out, args.model)
     if not args.teacher_checkpoint or not os.path.exists(args.teacher_checkpoint):
         sys.exit("--teacher_checkpoint: a trained teacher checkpoint is required (got %r)"
                  % args.teacher_checkpoint)
-    axes = grid()
+    axes = grid(args.model)
     names = [n for n, _ in axes]
 
     def evaluate(params):
@@ -159,7 +168,7 @@ def main():
         path = os.path.join(args.out, point_name(params) + ".json")
         if not os.path.exists(path):
             print("point %s (%s)" % (point_name(params), args.strategy), flush=True)
-            command = [sys.executable, os.path.abspath(__file__), "--point", json.dumps(params),
+            command = [sys.executable, os.path.abspath(__file__), "--point", json.dumps(params), "--model", args.model,
                        "--out", args.out, "--teacher_checkpoint", os.path.abspath(args.teacher_checkpoint),
                        "--seed", str(args.seed), "--config_files", *map(os.path.abspath, args.config_files)]
             if args.data_path:
@@ -169,12 +178,12 @@ def main():
             return json.load(handle)["best_valid_score"]
 
     if args.strategy == "axis":
-        best, seen = axis_search(axes, evaluate)
+        best, seen = axis_search(axes, evaluate, STARTS[args.model], AXIS_ORDERS[args.model])
         print("axis search: %d points, best %s" % (len(seen), point_name(best)), flush=True)
     else:
         for values in itertools.product(*[v for _, v in axes]):
             evaluate(dict(zip(names, values)))
-    summary(args.out)
+    summary(args.out, args.model)
 
 
 if __name__ == "__main__":
