@@ -220,7 +220,7 @@ def check_terms_fit(model_name, terms, student, teacher):
                     "(no representations); distil it with the ranking terms (%s), "
                     "or use a backbone with representations (e.g. %s)"
                     % (model_name, term.name, key, backbone,
-                       "RRD" if is_sequential(backbone) else "RRD, RD, CD, IRRRD",
+                       "RRD" if is_sequential(backbone) else "RRD, RD, CD, IRRRD, RCEKD",
                        ", ".join(representation_models(is_sequential(backbone)))))
 
 

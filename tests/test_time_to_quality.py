@@ -33,7 +33,7 @@ def test_runs_every_method_side_by_side_and_resumes(ttq, workdir, capsys):
     printed = capsys.readouterr().out
     data = json.load(open(os.path.join(out, "time_to_quality.json")))
     labels = [c["label"] for c in data["cells"]]
-    assert labels == ["Student", "RRD", "DE", "DERRD", "IRRRD", "HTD", "rows-epoch", "reference"]
+    assert labels == ["Student", "RRD", "DE", "DERRD", "IRRRD", "HTD", "RCEKD", "rows-epoch", "reference"]
     for cell in data["cells"]:
         assert 0 < cell["seconds_to_best"] <= cell["fit_seconds"], cell["label"]
         assert 0 <= cell["test_result"]["ndcg@10"] <= 1

@@ -21,7 +21,7 @@ import time
 import traceback
 
 #: the registered model that exercises each term (IR comes with its user-side RRD)
-TERM_MODELS = {"DE": "DE", "RRD": "RRD", "RD": "RD", "CD": "CD", "IR": "IRRRD", "HTD": "HTD"}
+TERM_MODELS = {"DE": "DE", "RRD": "RRD", "RD": "RD", "CD": "CD", "IR": "IRRRD", "HTD": "HTD", "RCE": "RCEKD"}
 PARTNER = "BPR"
 SEQUENTIAL_PARTNER = "SASRec"
 ROLES = ("teacher", "student")

@@ -27,6 +27,7 @@ from recbole_derrd.terms import CD as CDTerm
 from recbole_derrd.terms import DE as DETerm
 from recbole_derrd.terms import HTD as HTDTerm
 from recbole_derrd.terms import IR as IRTerm
+from recbole_derrd.terms import RCE as RCETerm
 from recbole_derrd.terms import RD as RDTerm
 from recbole_derrd.terms import RRD as RRDTerm
 from recbole_derrd.terms import Batch, DistillationContext
@@ -296,3 +297,12 @@ class HTD(DistilledRecommender):
 
     terms = (HTDTerm,)
     property_files = ("distillation.yaml", "model/HTD.yaml")
+
+
+class RCEKD(DistilledRecommender):
+    """Student trained with rejuvenated cross-entropy distillation (RCE-KD; Zhu & Zhang, ICLR 2026):
+    cross-entropy on the student's own top items and on the teacher's top items completed by a
+    sample that approximates closure under the student's ranking."""
+
+    terms = (RCETerm,)
+    property_files = ("distillation.yaml", "model/RCEKD.yaml")

@@ -9,7 +9,8 @@ from recbole_derrd.terms.cd import CD
 from recbole_derrd.terms.de import DE
 from recbole_derrd.terms.htd import HTD
 from recbole_derrd.terms.ir import IR
+from recbole_derrd.terms.rce import RCE
 from recbole_derrd.terms.rd import RD
 from recbole_derrd.terms.rrd import RRD
 
-__all__ = ["Batch", "DistillationContext", "DistillationTerm", "DE", "RRD", "RD", "CD", "IR", "HTD"]
+__all__ = ["Batch", "DistillationContext", "DistillationTerm", "DE", "RRD", "RD", "CD", "IR", "HTD", "RCE"]
