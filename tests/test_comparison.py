@@ -73,6 +73,25 @@ def test_comparison_writes_tables_and_plot_and_skips_finished_cells(tiny, tmp_pa
     again = comparison.run_comparison(config_dict=settings, baselines=["Pop"], seeds=[0], out_dir=out)
     assert again["summary"]["rows"] == report["summary"]["rows"]
     assert "done before, skipped" in capsys.readouterr().out
+    # ... unless their settings changed: then the run is refused, naming the key, before any training
+    with pytest.raises(ValueError, match=r"DE-seed0.json was run with other settings \(settings.de_weight: "
+                                         r"recorded 0.01, now 0.5\); remove it"):
+        comparison.run_comparison(config_dict=dict(settings, de_weight=0.5), baselines=["Pop"], seeds=[0],
+                                  out_dir=out)
+    with pytest.raises(ValueError, match=r"Teacher-seed0.json was run with other settings \("
+                                         r"teacher.settings.embedding_size: recorded 16, now 32\)"):
+        comparison.run_comparison(config_dict=dict(settings, t_embedding_size=32), seeds=[0], out_dir=out)
+    # paths and output switches are not settings of a result
+    comparison.run_comparison(config_dict=dict(settings, show_progress=True, state="ERROR"), baselines=["Pop"],
+                              seeds=[0], out_dir=out)
+    # a cell written before cells recorded their settings is used as it is, with a note
+    path = os.path.join(out, "cells", "RD-seed0.json")
+    cell = json.load(open(path))
+    del cell["settings"]
+    json.dump(cell, open(path, "w"))
+    comparison.run_comparison(config_dict=dict(settings, rd_weight=2.0), methods=["Student", "RD"], seeds=[0],
+                              out_dir=out)
+    assert "RD, seed 0: written before cells recorded their settings; not checked" in capsys.readouterr().out
 
 
 def test_capped_cells_continue_with_a_larger_cap_only_when_asked(tiny, tmp_path, capsys):
@@ -124,6 +143,32 @@ def test_interrupted_cell_restarts_from_its_last_checkpoint(tiny, tmp_path):
     assert "resumed from a checkpoint" in table
     with open(os.path.join(out, "comparison.csv")) as handle:
         assert {r["method"]: r["resumed"] for r in csv.DictReader(handle)} == {"Student": "0", "DE": "1"}
+    # an interrupted cell is never resumed under other settings; its checkpoints stay
+    os.remove(os.path.join(out, "cells", "DE-seed0.json"))
+    with pytest.raises(ValueError, match=r"DE, seed 0 was run with other settings \(settings.de_rows: recorded "
+                                         r"'epoch', now 'batch'\); remove .*DE-seed0 to train it from scratch"):
+        comparison.run_comparison(config_dict=dict(settings, de_rows="batch"), methods=["Student", "DE"], seeds=[0],
+                                  out_dir=out)
+    assert glob.glob(os.path.join(out, "checkpoints", "DE-seed0", "*-last.pth")) == last
+
+
+def test_cell_settings_leave_out_paths_and_name_what_changed(tiny, tmp_path):
+    from recbole.config import Config
+
+    from recbole_derrd.harness.cell_settings import describe, differences
+    from recbole_derrd.registration import PLUGIN_MODELS
+
+    def description(**changes):
+        config = Config(model="DERRD", config_dict=dict(tiny, **changes))
+        return describe("DERRD", config, PLUGIN_MODELS["DERRD"])
+
+    base = description()
+    assert base["settings"]["rrd_weight"] == 0.001 and base["teacher"]["settings"]["embedding_size"] == 16
+    assert "checkpoint_dir" not in base["settings"] and "data_path" not in base["settings"]
+    assert description(checkpoint_dir=str(tmp_path / "elsewhere"), teacher_cache_dir=str(tmp_path)) == base
+    assert differences(base, description(rrd_k=3, t_learning_rate=0.01)) == [
+        "settings.rrd_k: recorded 5, now 3", "teacher.settings.learning_rate: recorded 0.001, now 0.01"]
+    assert differences(base, description(epochs=9), ignore=("epochs",)) == []
 
 
 def test_teacher_lead_against_hand_values():

@@ -4,6 +4,8 @@ RecBole model, on one split, with the same test negatives, over seeds, in the pa
 Every (method, seed) pair is a *cell* with its own folder under ``<out_dir>/checkpoints``. A
 finished cell's result is written to ``<out_dir>/cells/<method>-seed<s>.json`` and never
 recomputed; an interrupted cell restarts from its last per-epoch checkpoint (``-last.pth``).
+Both only under the settings the cell recorded (:mod:`~recbole_derrd.harness.cell_settings`): a
+cell run with other settings is refused, naming what changed, instead of being mixed in.
 The teacher of each seed is trained once into ``<out_dir>/teachers`` and shared by all
 distilled methods. After the last cell, the tables are written as ``comparison.md``,
 ``comparison.csv`` and ``comparison.json``, and (with matplotlib, an optional extra)
@@ -28,6 +30,8 @@ import numpy as np
 from recbole_derrd.atomic import atomic_write_text
 from recbole_derrd.backbone_support import model_size
 from recbole_derrd_hook import MODEL_NAMES
+from recbole_derrd.harness.cell_settings import (EXTENSION_KEYS, SETTINGS_FILE, describe, differences,
+                                                 teacher_description)
 from recbole_derrd.harness.tables import markdown_table
 from recbole_derrd.evaluation import PAIRED_METRICS, over_seeds, paired_test, per_user_over_seeds
 
@@ -85,38 +89,76 @@ def _settings(config_dict, seed, out_dir, folder):
                 teacher_cache_dir=config_dict.get("teacher_cache_dir") or os.path.join(out_dir, "teachers"))
 
 
+def _cell_config(method, seed, dataset, config_file_list, config_dict, out_dir):
+    """(the Config a cell trains with, its checkpoint folder, its settings description).
+
+    The teacher cell's Config is the HOLDER's, and its description the teacher's settings."""
+    from recbole.config import Config
+
+    from recbole_derrd.config import plugin_owned_keys, student_config
+    from recbole_derrd.registration import PLUGIN_MODELS
+
+    folder = "teacher-seed%d" % seed if method == TEACHER else "%s-seed%d" % (method, seed)
+    settings = _settings(config_dict, seed, out_dir, folder)
+    if method in (TEACHER, STUDENT) or method in PLUGIN_MODELS:
+        plugin = Config(model=method if method in PLUGIN_MODELS else HOLDER, dataset=dataset,
+                        config_file_list=config_file_list, config_dict=settings)
+        if method == TEACHER:
+            return plugin, settings["checkpoint_dir"], {"method": TEACHER, "teacher": teacher_description(plugin)}
+        if method == STUDENT:
+            config = student_config(plugin, plugin_owned_keys(plugin, PLUGIN_MODELS.values()))
+            return config, settings["checkpoint_dir"], describe(method, config)
+        return plugin, settings["checkpoint_dir"], describe(method, plugin, PLUGIN_MODELS[method])
+    # a stock RecBole model, trained with the student's budget and size
+    plugin = Config(model=HOLDER, dataset=dataset, config_file_list=config_file_list, config_dict=settings)
+    shared = {key: plugin[key] for key in SHARED_TRAINING_KEYS if plugin[key] is not None}
+    config = Config(model=method, dataset=dataset, config_file_list=config_file_list,
+                    config_dict=dict(shared, **settings))
+    return config, settings["checkpoint_dir"], describe(method, config)
+
+
+def check_cell_settings(recorded, current, what, remedy, extending=False):
+    """Refuse (ValueError naming the changed keys) to reuse a cell run with other settings."""
+    if recorded is None:
+        return
+    changed = differences(recorded, current, EXTENSION_KEYS if extending else ())
+    if changed:
+        raise ValueError("%s was run with other settings (%s%s); %s" % (
+            what, "; ".join(changed[:6]), "; ..." if len(changed) > 6 else "", remedy))
+
+
+def _resumable_checkpoint(checkpoint_dir, description, what, extending):
+    """The cell's -last checkpoint to resume from, after checking it was trained with these
+    settings; records them for the next resume.  Checkpoints written before settings were
+    recorded are resumed as before (nothing to compare them with)."""
+    last = _newest(os.path.join(checkpoint_dir, "*-last.pth"))
+    path = os.path.join(checkpoint_dir, SETTINGS_FILE)
+    if last is not None and os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            check_cell_settings(json.load(handle), description, what,
+                                "remove %s to train it from scratch, or use another out_dir" % checkpoint_dir,
+                                extending)
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    atomic_write_text(path, json.dumps(description, sort_keys=True))
+    return last
+
+
 def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir, extend_to=None):
     """Train and test one (method, seed) cell; returns its result dict (JSON-ready).
 
     ``extend_to``: continue the cell's run from its last checkpoint up to this epoch cap (the
     teacher keeps its own epochs, so its cache entry is the same)."""
-    from recbole.config import Config
-
-    from recbole_derrd.config import plugin_owned_keys, student_config
     from recbole_derrd.quick_start import load_data, train_and_test
-    from recbole_derrd.registration import PLUGIN_MODELS
 
     if method == TEACHER:
         return _teacher_cell(seed, dataset, config_file_list, config_dict, out_dir)
-    settings = _settings(config_dict, seed, out_dir, "%s-seed%d" % (method, seed))
-    last = _newest(os.path.join(settings["checkpoint_dir"], "*-last.pth"))
-    if method == STUDENT or method in PLUGIN_MODELS:
-        plugin = Config(model=HOLDER if method == STUDENT else method, dataset=dataset,
-                        config_file_list=config_file_list, config_dict=settings)
-        config = plugin
-        if method == STUDENT:
-            config = student_config(plugin, plugin_owned_keys(plugin, PLUGIN_MODELS.values()))
-    else:  # a stock RecBole model, trained with the student's budget and size
-        plugin = Config(model=HOLDER, dataset=dataset, config_file_list=config_file_list,
-                        config_dict=settings)
-        shared = {key: plugin[key] for key in SHARED_TRAINING_KEYS if plugin[key] is not None}
-        config = Config(model=method, dataset=dataset, config_file_list=config_file_list,
-                        config_dict=dict(shared, **settings))
+    config, checkpoint_dir, description = _cell_config(method, seed, dataset, config_file_list, config_dict, out_dir)
+    last = _resumable_checkpoint(checkpoint_dir, description, "%s, seed %d" % (method, seed), bool(extend_to))
     config.final_config_dict["resume"] = last
     if extend_to:
         if last is None:
             raise ValueError("cannot continue %s, seed %d: no -last checkpoint in %s"
-                             % (method, seed, settings["checkpoint_dir"]))
+                             % (method, seed, checkpoint_dir))
         if "t_epochs" in config and config["t_epochs"] is None:
             config.final_config_dict["t_epochs"] = config["epochs"]
         config.final_config_dict["epochs"] = extend_to
@@ -126,13 +168,13 @@ def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir, exte
     elapsed = time.perf_counter() - start
     deployable = getattr(model, "student", model)
     return {
-        "method": method, "seed": seed, "model": config["model"],
+        "method": method, "seed": seed, "model": config["model"], "settings": description,
         **_tested(result["test_result"], per_user, config),
         "best_valid_result": {k: float(v) for k, v in result["best_valid_result"].items()},
         "parameters": int(model_size(deployable)),
         "train_and_test_seconds": elapsed, "resumed_from": last,
         "inference_seconds_256_users": _inference_seconds(model),
-        **cell_epochs(settings["checkpoint_dir"]),
+        **cell_epochs(checkpoint_dir),
         "cap_bound": bool(result.get("cap_bound")),
         "seconds_to_best": result.get("seconds_to_best"), "fit_seconds": result.get("fit_seconds"),
     }
@@ -196,11 +238,12 @@ def _teacher_cell(seed, dataset, config_file_list, config_dict, out_dir):
 
     model, config, test_data, prepare_seconds = _seed_teacher(seed, dataset, config_file_list,
                                                               config_dict, out_dir)
+    description = {"method": TEACHER, "teacher": teacher_description(config)}
     start = time.perf_counter()
     row, per_user = teacher_row(model, config, test_data)
     elapsed = time.perf_counter() - start
     return {
-        "method": TEACHER, "seed": seed, "model": model.teacher_config["model"],
+        "method": TEACHER, "seed": seed, "model": model.teacher_config["model"], "settings": description,
         **_tested(row["test_result"], per_user, config),
         "best_valid_result": _teacher_validation(model, config), "parameters": int(row["parameters"]),
         "train_and_test_seconds": None, "test_seconds": elapsed, "resumed_from": None,
@@ -434,7 +477,15 @@ def run_comparison(dataset=None, config_file_list=None, config_dict=None, method
         if os.path.exists(path):
             with open(path, encoding="utf-8") as handle:
                 cell = json.load(handle)
-            if continue_capped and _can_continue(cell, continue_capped):
+            extending = bool(continue_capped and _can_continue(cell, continue_capped))
+            if "settings" not in cell:
+                stream.write("[%d/%d] %s, seed %d: written before cells recorded their settings; not checked\n"
+                             % (number, len(todo), method, seed))
+            check_cell_settings(cell.get("settings"),
+                                _cell_config(method, seed, dataset, config_file_list, config_dict, out_dir)[2],
+                                "comparison cell %s" % path, "remove it (and its checkpoints) to recompute it, "
+                                "or use another out_dir", extending or bool(cell.get("continued_from")))
+            if extending:
                 stream.write("[%d/%d] %s, seed %d: ended at its cap while improving; continuing from epoch "
                              "%d to the cap %d\n" % (number, len(todo), method, seed, cell["last_epoch"] + 1,
                                                     continue_capped))

@@ -1,0 +1,66 @@
+"""What identifies a comparison cell's run, so that a changed setting never mixes into a cell.
+
+A cell (one method, one seed) is skipped once finished and resumed from its last checkpoint when
+interrupted.  Both are right only if the cell would be run with the same settings now: a cell
+finished under other loss weights, or a half-trained cell resumed under another ``de_rows``,
+would put a result in the table that no single configuration produced.  Each cell therefore
+records the settings that decide its result (:func:`describe`): the stock yaml keys of its
+backbone(s), RecBole's training and dataset keys, the plugin keys of its method, and for a
+distilled method the teacher's resolved settings (the ``t_`` overrides applied).  Paths and
+output switches are left out (:data:`BOOKKEEPING_KEYS`): moving the data or the teacher cache
+changes no result.  :func:`differences` names what changed, for the refusal.
+"""
+
+import json
+
+from recbole_derrd.config import plugin_defaults, stock_model_yaml, teacher_config
+from recbole_derrd.teacher import DATASET_KEYS, TRAINING_KEYS
+
+#: where things are read or written, and what is printed: no effect on a cell's result
+BOOKKEEPING_KEYS = ("checkpoint_dir", "teacher_cache_dir", "teacher_checkpoint", "resume", "data_path",
+                    "show_progress", "state")
+#: the keys an explicit continuation (``continue_capped``) changes on purpose
+EXTENSION_KEYS = ("epochs", "t_epochs")
+#: the file, in a cell's checkpoint folder, holding the settings its checkpoints were trained with
+SETTINGS_FILE = "cell-settings.json"
+
+
+def _plain(value):
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _backbone_settings(config, extra_keys=()):
+    keys = set(stock_model_yaml(config["model"])) | set(TRAINING_KEYS) | set(DATASET_KEYS) | set(extra_keys)
+    final = config.final_config_dict
+    return {key: final.get(key) for key in sorted(keys - set(BOOKKEEPING_KEYS))}
+
+
+def teacher_description(config):
+    """The resolved settings of the teacher of a plugin ``config`` (the ``t_`` keys applied)."""
+    tconfig = teacher_config(config)
+    return _plain({"model": tconfig["model"], "settings": _backbone_settings(tconfig)})
+
+
+def describe(method, config, plugin_class=None):
+    """JSON-able settings of one cell: ``config`` is the Config the cell trains with (the
+    student's own for the student-alone and baseline cells), ``plugin_class`` the registered
+    model class for a distilled method."""
+    if plugin_class is None:
+        return _plain({"method": method, "model": config["model"], "settings": _backbone_settings(config)})
+    keys = set(plugin_defaults(plugin_class)) | set(stock_model_yaml(config["student_model"]))
+    return _plain({"method": method, "model": config["model"], "settings": _backbone_settings(config, keys),
+                   "teacher": teacher_description(config)})
+
+
+def differences(recorded, current, ignore=(), prefix=""):
+    """['key: recorded X, now Y', ...] between two descriptions (nested keys dotted)."""
+    found = []
+    for key in sorted(set(recorded) | set(current)):
+        if key in ignore:
+            continue
+        a, b = recorded.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += differences(a, b, ignore, prefix + key + ".")
+        elif a != b:
+            found.append("%s%s: recorded %r, now %r" % (prefix, key, a, b))
+    return found
