@@ -160,13 +160,21 @@ def test_cd_grid_axis_search_walks_one_axis_at_a_time_from_the_fixed_start(cd_gr
         cd_grid.axis_search(axes, score, dict(cd_grid.STARTS["CD"], cd_weight=0.5), cd_grid.AXIS_ORDERS["CD"])
 
 
-def test_derrd_grid_has_the_issue_axes_and_a_start_on_it(cd_grid):
-    """The DERRD search: the shipped DERRD.hyper's axes, a start point on the grid (the paper's
-    settings), and one axis pass within issue 18's budget of 13 points."""
-    axes = dict(cd_grid.grid("DERRD"))
-    assert set(axes) == set(cd_grid.AXIS_ORDERS["DERRD"]) == set(cd_grid.STARTS["DERRD"])
-    assert all(cd_grid.STARTS["DERRD"][k] in v for k, v in axes.items())
-    _, seen = cd_grid.axis_search(list(axes.items()), lambda p: 0.0, cd_grid.STARTS["DERRD"],
-                                  cd_grid.AXIS_ORDERS["DERRD"])
-    assert len(seen) == 1 + sum(len(v) - 1 for v in axes.values()) == 9
+@pytest.mark.parametrize("model, points", [("DERRD", 9), ("IRRRD", 7), ("HTD", 7), ("RCEKD", 8)])
+def test_method_grids_have_their_axes_and_a_start_on_them(cd_grid, model, points):
+    """Each later method's search: its shipped .hyper's axes (keys the model reads), a start
+    point on the grid (the authors' settings), one axis pass within issue 18's 13 points."""
+    from recbole_derrd.config import plugin_defaults
+    from recbole_derrd.registration import PLUGIN_MODELS
+
+    axes = dict(cd_grid.grid(model))
+    assert set(axes) == set(cd_grid.AXIS_ORDERS[model]) == set(cd_grid.STARTS[model])
+    assert set(axes) <= set(plugin_defaults(PLUGIN_MODELS[model]))
+    assert all(cd_grid.STARTS[model][k] in v for k, v in axes.items())
+    _, seen = cd_grid.axis_search(list(axes.items()), lambda p: 0.0, cd_grid.STARTS[model],
+                                  cd_grid.AXIS_ORDERS[model])
+    assert len(seen) == 1 + sum(len(v) - 1 for v in axes.values()) == points <= 13
+
+
+def test_grid_point_names_keep_cd_records_names(cd_grid):
     assert cd_grid.point_name({"de_weight": 0.1, "cd_gamma": 10}) == "de_weight=0.1_gamma=10"

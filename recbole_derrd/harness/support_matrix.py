@@ -52,7 +52,7 @@ def tiny_settings(folder, n_users=60, n_items=150, interactions=1500):
         "metrics": ["NDCG"], "topk": [10], "valid_metric": "NDCG@10", "epochs": 1, "t_epochs": 1,
         "train_batch_size": 256, "eval_batch_size": 4096, "embedding_size": 8, "t_embedding_size": 16,
         "de_num_experts": 2, "rrd_top_n": 20, "rrd_k": 3, "rrd_l": 3, "ir_top_n": 5, "ir_k": 2, "ir_l": 2,
-        "rd_k": 3, "cd_k": 3, "show_progress": False, "state": "ERROR",
+        "rd_k": 3, "cd_k": 3, "rce_k": 3, "rce_l": 3, "rce_top_m": 10, "show_progress": False, "state": "ERROR",
         "checkpoint_dir": os.path.join(folder, "saved"),
         "teacher_cache_dir": os.path.join(folder, "teachers"),
     }

@@ -12,7 +12,8 @@ Two strategies over the same grid:
 * ``axis``: one pass of coordinate search, for when the full grid does not fit the budget
   (issue 18 allows 13 points per method).  Start at the model's fixed ``STARTS`` point, then for
   each axis in its ``AXIS_ORDERS`` try all its values with the other settings held at the best
-  point so far, and keep the best: 1 + sum(values - 1) points (CD 10, DERRD 9).  It can miss
+  point so far, and keep the best: 1 + sum(values - 1) points (CD 10, DERRD 9, IRRRD 7,
+  HTD 7, RCEKD 8).  It can miss
   interactions between settings that only the full grid would find.
 
     python results/citeulike/method_grid.py --model DERRD --data_path ../shared/datasets \
@@ -36,12 +37,19 @@ STARTS = {
     "CD": {"cd_gamma": 100.0, "cd_temperature": 1.0, "cd_samples": 10, "cd_weight": 0.01},
     "DERRD": {"de_weight": 0.01, "rrd_weight": 0.001, "rrd_k": 40, "rrd_temperature": 10.0,
               "rrd_sampling": "sample", "de_anneal_epochs": 1000},
+    # the authors' settings (IR-RRD's log, HTD's published example, RCE-KD's CiteULike BPR config)
+    "IRRRD": {"rrd_weight": 0.001, "ir_weight": 0.0005, "rrd_sampling": "sample", "ir_k": 20},
+    "HTD": {"htd_weight": 0.001, "htd_alpha": 0.5, "htd_num_groups": 30, "htd_anneal_epochs": 100},
+    "RCEKD": {"rce_weight": 500.0, "rce_beta": 3.0, "rce_tau": 1.0, "rce_k": 50, "rce_sampling": "collaborative"},
 }
 # The loss weights first: they decide whether a term matters at all.  DERRD: the temperature
 # before the sampling switch, since `top` makes the temperature irrelevant.
 AXIS_ORDERS = {
     "CD": ("cd_weight", "cd_gamma", "cd_samples", "cd_temperature"),
     "DERRD": ("rrd_weight", "de_weight", "rrd_temperature", "rrd_sampling", "rrd_k", "de_anneal_epochs"),
+    "IRRRD": ("rrd_weight", "ir_weight", "rrd_sampling", "ir_k"),
+    "HTD": ("htd_weight", "htd_alpha", "htd_num_groups", "htd_anneal_epochs"),
+    "RCEKD": ("rce_weight", "rce_beta", "rce_tau", "rce_k", "rce_sampling"),
 }
 def grid(model="CD"):
     """[(name, values)] from the shipped <model>.hyper (lines ``name choice [v1, v2, ...]``)."""
