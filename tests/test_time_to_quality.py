@@ -20,7 +20,8 @@ def ttq(monkeypatch):
 
 SMALL = ["--set=%s" % pair for pair in (
     "t_epochs=2", "embedding_size=8", "t_embedding_size=16", "de_num_experts=4", "htd_num_groups=4", "rrd_top_n=20",
-    "rrd_k=5", "rrd_l=5", "ir_top_n=3", "ir_k=2", "ir_l=2", "eval_step=1", "train_batch_size=256",
+    "rrd_k=5", "rrd_l=5", "ir_top_n=3", "ir_k=2", "ir_l=2", "rce_k=3", "rce_l=3", "rce_top_m=10", "eval_step=1",
+    "train_batch_size=256",
     "state=WARNING")]
 
 
@@ -39,7 +40,7 @@ def test_runs_every_method_side_by_side_and_resumes(ttq, workdir, capsys):
         assert 0 <= cell["test_result"]["ndcg@10"] <= 1
     reference = data["cells"][-1]
     assert reference["settings"]["kd_implementation"] == "reference" and reference["last_epoch"] == 0
-    assert data["cells"][6]["settings"] == {"de_rows": "epoch"}
+    assert data["cells"][7]["settings"] == {"de_rows": "epoch"}
     assert "| reference (extrapolated from 1 epochs) |" in printed and "| Student | 1 |" in printed
     assert "1.00x" in printed.split("| Student |")[1].split("\n")[0]
     # a one-dataset record ends with the summary line too, the other dataset n/a
@@ -47,7 +48,7 @@ def test_runs_every_method_side_by_side_and_resumes(ttq, workdir, capsys):
                      r"reference/DE-RRD n/ax \(CiteULike\)\n", printed)
     # a second run finds every cell done and trains nothing
     ttq.main(argv)
-    assert capsys.readouterr().out.count("done before") == 8
+    assert capsys.readouterr().out.count("done before") == 9
 
 
 def test_summary_line_has_the_recorded_form(ttq):
