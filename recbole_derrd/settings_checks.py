@@ -22,6 +22,10 @@ POSITIVE_INTEGER_KEYS = ("epochs", "train_batch_size", "eval_batch_size", "eval_
 #: keys RecBole or the plugin read without a yaml default.
 EXTRA_KNOWN_KEYS = ("resume", "benchmark_filename", "nproc", "world_size", "ip", "port", "offset",
                     "config_files", "model", "dataset", "valid_negatives")
+#: run_recbole_derrd.py's own flags: RecBole's Config reads every --key=value of the command line
+#: too, so they reach the config (``--seeds`` would otherwise be "did you mean 'seed'?")
+RUN_SCRIPT_KEYS = ("seeds", "compare", "baselines", "out_dir", "continue_capped", "side_by_side", "export_dir",
+                   "group_offset", "debug")
 
 
 def check_counts(config):
@@ -65,7 +69,7 @@ def suspicious_keys(given, known):
 
 def warn_about_typos(config):
     known = (set(config.internal_config_dict) | set(general_arguments) | set(training_arguments)
-             | set(evaluation_arguments) | set(dataset_arguments) | set(EXTRA_KNOWN_KEYS))
+             | set(evaluation_arguments) | set(dataset_arguments) | set(EXTRA_KNOWN_KEYS) | set(RUN_SCRIPT_KEYS))
     for key, suggestion in suspicious_keys(config.external_config_dict, known):
         warnings.warn("config key %r is not a setting of %s or RecBole and is ignored; did you mean %r?"
                       % (key, config["model"], suggestion), stacklevel=2)

@@ -1,6 +1,7 @@
 """Bad settings and data fail (or warn) before anything is trained, naming the key or file."""
 
 import os
+import sys
 
 import pytest
 
@@ -46,6 +47,23 @@ def test_typo_of_a_known_key_warns_with_a_suggestion(tiny):
         run_recbole("DERRD", config_dict=dict(tiny, epochs=1, de_wieght=0.1), saved=False)
     assert suspicious_keys({"t_learning_rat": 1, "brand_new_key": 2}, {"learning_rate"}) == [
         ("t_learning_rat", "t_learning_rate")]
+
+
+def test_the_run_scripts_own_flags_are_not_typos(tiny, monkeypatch):
+    """RecBole's Config reads the whole command line, so run_recbole_derrd.py's --seeds reaches it:
+    no "did you mean 'seed'?" for it."""
+    import warnings
+
+    from recbole.config import Config
+
+    from recbole_derrd.settings_checks import warn_about_typos
+
+    monkeypatch.setattr(sys, "argv", ["run_recbole_derrd.py", "--seeds=0,1", "--compare=RRD", "--out_dir=x"])
+    config = Config(model="RRD", config_dict=dict(tiny))
+    assert config["seeds"] == (0, 1)  # it did reach the config (RecBole evaluates the value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_about_typos(config)
 
 
 def test_unwritable_checkpoint_dir_fails_first(tiny, workdir, no_teacher_training):
