@@ -152,3 +152,27 @@ def test_rce_trains_through_recbole_and_checks_its_keys(tiny):
 def test_rce_refuses_a_sequential_student(tiny_seq):
     with pytest.raises(ValueError, match="RCEKD: its RCE term ranks or distils per user, but student_model='SASRec'"):
         Config(model="RCEKD", config_dict=dict(tiny_seq, **SMALL_RCE))
+
+
+def test_a_resumed_rce_run_matches_the_uninterrupted_one_and_exports(tiny, workdir):
+    """The sampled sets depend on the student at each epoch's start and on (seed, epoch) only, so
+    a run resumed from its epoch-2 checkpoint trains as the uninterrupted one; the student
+    exports as a stock BPR without the rce_ keys."""
+    import glob
+
+    import yaml
+
+    from recbole_derrd.serving.export import export_student
+
+    settings = dict(tiny, **SMALL_RCE, epochs=4, stopping_step=100, eval_step=1,
+                    teacher_cache_dir=str(workdir / "teachers"))
+    straight = run_recbole("RCEKD", config_dict=dict(settings, checkpoint_dir=str(workdir / "a")), saved=True)
+    short = dict(settings, epochs=2, checkpoint_dir=str(workdir / "b"))
+    run_recbole("RCEKD", config_dict=short, saved=True)
+    last = glob.glob(str(workdir / "b" / "RCEKD-*-last.pth"))[0]
+    resumed = run_recbole("RCEKD", config_dict=dict(short, epochs=4, resume=last), saved=True)
+    assert resumed["best_valid_result"] == straight["best_valid_result"]
+    assert resumed["test_result"] == straight["test_result"]
+    paths = export_student(straight["saved_model_file"], str(workdir / "exported"))
+    exported = yaml.safe_load(open(paths["config"]))
+    assert exported["model"] == "BPR" and not any(key.startswith("rce_") for key in exported)
