@@ -5,6 +5,8 @@ shape of real interaction logs: a few heavy users and blockbuster items, a long 
 Every user gets at least ``min_per_user`` distinct items (so a leave-one-out split leaves
 training data for everyone); the rest are drawn pair by pair from the two power laws, with
 duplicate (user, item) pairs removed and redrawn until the requested count is reached.
+:func:`generate_low_rank` adds taste: users prefer items near them in a latent space, so that a
+large model can know more than a small one (what distillation benchmarks need).
 
     python -m recbole_derrd.harness.synthetic --users 200000 --items 100000 \\
         --interactions 10000000 --out data --name synth10m
@@ -67,6 +69,57 @@ def generate(n_users, n_items, n_interactions, user_exponent=0.8, item_exponent=
         keys = np.delete(keys, drop)
     keys = keys[rng.permutation(len(keys))]
     return keys // n_items, keys % n_items
+
+
+def user_counts(n_users, n_items, n_interactions, user_exponent=0.8, min_per_user=3, seed=0):
+    """[n_users] interactions per user: ``min_per_user`` each, the rest multinomial on a Zipf
+    activity law, no user above half the catalogue (its surplus redrawn among the others)."""
+    if min_per_user * n_users > n_interactions:
+        raise ValueError("interactions=%d cannot give %d users %d items each"
+                         % (n_interactions, n_users, min_per_user))
+    if n_interactions > 0.5 * n_users * n_items:
+        raise ValueError("interactions=%d is more than half of users x items" % n_interactions)
+    rng = np.random.default_rng(seed)
+    user_p = _zipf_weights(n_users, user_exponent, rng)
+    cap = max(min_per_user, n_items // 2)
+    counts = np.full(n_users, min_per_user, dtype=np.int64)
+    while counts.sum() < n_interactions:
+        open_users = counts < cap
+        p = np.where(open_users, user_p, 0.0)
+        counts += rng.multinomial(n_interactions - counts.sum(), p / p.sum())
+        counts = np.minimum(counts, cap)
+    return counts
+
+
+def generate_low_rank(n_users, n_items, n_interactions, rank=64, strength=3.0, user_exponent=0.8,
+                      item_exponent=0.9, min_per_user=3, seed=0, chunk=512):
+    """(users, items) of distinct pairs with *preference structure*, not popularity alone.
+
+    :func:`generate` draws items from one popularity law for everyone, so the best ranking is by
+    popularity and a larger model has nothing to learn that a small one cannot: useless for
+    measuring distillation.  Here user u picks its items without replacement with probability
+    ``~ popularity(i) * exp(strength * <x_u, y_i> / sqrt(rank))``, ``x_u, y_i ~ N(0, I_rank)``
+    (Gumbel top-k per user, a ``chunk`` of users at a time): taste in ``rank`` dimensions that a
+    20-dim model captures only in part.  Sizes as :func:`generate` (activity and popularity power
+    laws, ``min_per_user``)."""
+    counts = user_counts(n_users, n_items, n_interactions, user_exponent, min_per_user, seed)
+    rng = np.random.default_rng(seed + 1)
+    log_popularity = np.log(_zipf_weights(n_items, item_exponent, rng))
+    user_factors = rng.standard_normal((n_users, rank))
+    item_factors = rng.standard_normal((n_items, rank))
+    users, items = [], []
+    for start in range(0, n_users, chunk):
+        stop = min(start + chunk, n_users)
+        logits = log_popularity + strength * (user_factors[start:stop] @ item_factors.T) / np.sqrt(rank)
+        keys = logits + rng.gumbel(size=logits.shape)
+        order = np.argsort(-keys, axis=1)
+        for row, user in enumerate(range(start, stop)):
+            chosen = order[row, :counts[user]]
+            users.append(np.full(len(chosen), user, dtype=np.int64))
+            items.append(chosen.astype(np.int64))
+    users, items = np.concatenate(users), np.concatenate(items)
+    shuffle = rng.permutation(len(users))
+    return users[shuffle], items[shuffle]
 
 
 def write_atomic(folder, name, users, items, timestamps=False):
