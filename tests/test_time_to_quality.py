@@ -120,3 +120,11 @@ def test_bad_methods_are_one_line_exits(ttq):
     with pytest.raises(SystemExit, match="DERRD is required"):
         ttq.parse_methods("Student,RRD", 5, False)
     assert ttq.parse_methods("DERRD,Student", 5, False) == ("Student", "DERRD")
+
+
+def test_synthetic_data_kinds_have_names_of_their_own(ttq, workdir):
+    """The low-rank data (the default) and the popularity-only data never share a file."""
+    low, _ = ttq.ml1m_shaped(str(workdir / "data"), (60, 150, 1500))
+    flat, _ = ttq.ml1m_shaped(str(workdir / "data"), (60, 150, 1500), synthetic="popularity")
+    assert low == "synthetic_60_150_1500_low_rank_32_2.5" and flat == "synthetic_60_150_1500"
+    assert open(workdir / "data" / low / (low + ".inter")).read() != open(workdir / "data" / flat / (flat + ".inter")).read()
