@@ -127,4 +127,5 @@ def test_synthetic_data_kinds_have_names_of_their_own(ttq, workdir):
     low, _ = ttq.ml1m_shaped(str(workdir / "data"), (60, 150, 1500))
     flat, _ = ttq.ml1m_shaped(str(workdir / "data"), (60, 150, 1500), synthetic="popularity")
     assert low == "synthetic_60_150_1500_low_rank_32_2.5" and flat == "synthetic_60_150_1500"
-    assert open(workdir / "data" / low / (low + ".inter")).read() != open(workdir / "data" / flat / (flat + ".inter")).read()
+    files = [workdir / "data" / name / (name + ".inter") for name in (low, flat)]
+    assert files[0].read_text() != files[1].read_text()
