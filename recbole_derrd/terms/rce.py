@@ -86,7 +86,8 @@ class RCE(DistillationTerm):
         else:
             weights = rank_sampling_weights(self.n_users, self.top_m, self.temperature)
         # one stream per (seed, epoch): a resumed run draws the same sets from the same student
-        generator = torch.Generator().manual_seed(((int(self.seed) * 1000003 + int(epoch)) * 10 + RCE_STREAM) % (2 ** 63))
+        stream = (int(self.seed) * 1000003 + int(epoch)) * 10 + RCE_STREAM
+        generator = torch.Generator().manual_seed(stream % (2 ** 63))
         positions = torch.multinomial(weights.cpu(), self.l, replacement=False, generator=generator)
         sampled = torch.gather(student_top, 1, positions.to(student_top.device))
         own = student_top[:, : self.k]
