@@ -44,6 +44,25 @@ def untrained_model(model_name, config_dict):
     return get_model(model_name)(config, train._dataset), train
 
 
+def prepared_model(model_name, config_dict):
+    """(config, model, train data) of a distilled ``model_name`` whose teacher is ready and whose
+    terms have started epoch 0: what a term's unit test inspects."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, init_seed
+
+    from recbole_derrd.teacher import prepare_distillation
+
+    config = Config(model=model_name, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    init_seed(config["seed"], config["reproducibility"])
+    net = get_model(model_name)(config, train._dataset)
+    prepare_distillation(net, train, valid)
+    net.start_epoch(0)
+    return config, net, train
+
+
 def exhaustive_hyper_tuning(folder, fixed_settings, params_text, max_evals=2):
     """A RecBole HyperTuning run (exhaustive, in process) over ``params_text`` with
     ``fixed_settings`` as its fixed config file; returns the finished tuner."""

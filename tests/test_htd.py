@@ -6,14 +6,13 @@ import math
 import pytest
 import torch
 from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_model, init_seed
 
 import recbole_derrd
 from recbole_derrd.distillation.topology import (cosine_matrix, entity_topology_loss, group_prototypes,
                                                  group_topology_loss, hierarchical_topology_loss)
 from recbole_derrd.quick_start import run_recbole
-from recbole_derrd.teacher import prepare_distillation
+
+from conftest import prepared_model
 
 SMALL_HTD = {"htd_num_groups": 3}
 
@@ -78,14 +77,7 @@ def test_cosine_matrix_and_perfect_students():
 
 # --------------------------------------------------------------------------- the term
 def build(settings):
-    config = Config(model="HTD", config_dict=settings)
-    init_seed(config["seed"], config["reproducibility"])
-    train, valid, _ = data_preparation(config, create_dataset(config))
-    init_seed(config["seed"], config["reproducibility"])
-    net = get_model("HTD")(config, train._dataset)
-    prepare_distillation(net, train, valid)
-    net.start_epoch(0)
-    return config, net, train
+    return prepared_model("HTD", settings)
 
 
 def test_the_term_assembles_group_assignment_and_topology(tiny):

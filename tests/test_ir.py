@@ -5,14 +5,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_model, init_seed
 
 import recbole_derrd
 from recbole_derrd.distillation import relaxed_ranking_loss, teacher_top_users
 from recbole_derrd.quick_start import run_recbole
-from recbole_derrd.teacher import prepare_distillation
+
+from conftest import prepared_model
 
 SMALL_IR = {"ir_top_n": 5, "ir_k": 3, "ir_l": 3}  # the tiny data's most popular item has 49 of 59 users
 
@@ -41,15 +39,7 @@ def test_teacher_top_users_names_an_item_without_room():
         teacher_top_users(lambda users: torch.zeros(len(users), 3), train, 2)
 
 
-def build(model, settings):
-    config = Config(model=model, config_dict=settings)
-    init_seed(config["seed"], config["reproducibility"])
-    train, valid, test = data_preparation(config, create_dataset(config))
-    init_seed(config["seed"], config["reproducibility"])
-    net = get_model(model)(config, train._dataset)
-    prepare_distillation(net, train, valid)
-    net.start_epoch(0)
-    return config, net, train
+build = prepared_model
 
 
 def test_ir_lists_follow_the_teacher_and_avoid_training_users(tiny):

@@ -6,15 +6,14 @@ import math
 import pytest
 import torch
 from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_model, init_seed
 
 import recbole_derrd
 from recbole_derrd.distillation.cross_entropy import (closure_sampling_weights, rank_sampling_weights, rce_loss,
                                                       rowwise_isin)
 from recbole_derrd.distillation.ranking import teacher_top_n
 from recbole_derrd.quick_start import run_recbole
-from recbole_derrd.teacher import prepare_distillation
+
+from conftest import prepared_model
 
 SMALL_RCE = {"rce_k": 5, "rce_l": 4, "rce_top_m": 20}
 
@@ -88,14 +87,7 @@ def test_rce_loss_by_hand():
 
 # --------------------------------------------------------------------------- the term
 def build(settings):
-    config = Config(model="RCEKD", config_dict=settings)
-    init_seed(config["seed"], config["reproducibility"])
-    train, valid, _ = data_preparation(config, create_dataset(config))
-    init_seed(config["seed"], config["reproducibility"])
-    net = get_model("RCEKD")(config, train._dataset)
-    prepare_distillation(net, train, valid)
-    net.start_epoch(0)
-    return config, net, train
+    return prepared_model("RCEKD", settings)
 
 
 def test_the_terms_tables_follow_both_rankings(tiny):

@@ -26,14 +26,18 @@ def _zipf_weights(n, exponent, rng):
     return weights / weights.sum()
 
 
-def generate(n_users, n_items, n_interactions, user_exponent=0.8, item_exponent=0.9,
-             min_per_user=3, seed=0):
-    """Return (users, items) int64 arrays of distinct pairs, ``n_interactions`` long."""
+def _check_sizes(n_users, n_items, n_interactions, min_per_user):
     if min_per_user * n_users > n_interactions:
         raise ValueError("interactions=%d cannot give %d users %d items each"
                          % (n_interactions, n_users, min_per_user))
     if n_interactions > 0.5 * n_users * n_items:
         raise ValueError("interactions=%d is more than half of users x items" % n_interactions)
+
+
+def generate(n_users, n_items, n_interactions, user_exponent=0.8, item_exponent=0.9,
+             min_per_user=3, seed=0):
+    """Return (users, items) int64 arrays of distinct pairs, ``n_interactions`` long."""
+    _check_sizes(n_users, n_items, n_interactions, min_per_user)
     rng = np.random.default_rng(seed)
     user_p = _zipf_weights(n_users, user_exponent, rng)
     item_cdf = np.cumsum(_zipf_weights(n_items, item_exponent, rng))
@@ -74,11 +78,7 @@ def generate(n_users, n_items, n_interactions, user_exponent=0.8, item_exponent=
 def user_counts(n_users, n_items, n_interactions, user_exponent=0.8, min_per_user=3, seed=0):
     """[n_users] interactions per user: ``min_per_user`` each, the rest multinomial on a Zipf
     activity law, no user above half the catalogue (its surplus redrawn among the others)."""
-    if min_per_user * n_users > n_interactions:
-        raise ValueError("interactions=%d cannot give %d users %d items each"
-                         % (n_interactions, n_users, min_per_user))
-    if n_interactions > 0.5 * n_users * n_items:
-        raise ValueError("interactions=%d is more than half of users x items" % n_interactions)
+    _check_sizes(n_users, n_items, n_interactions, min_per_user)
     rng = np.random.default_rng(seed)
     user_p = _zipf_weights(n_users, user_exponent, rng)
     cap = max(min_per_user, n_items // 2)
