@@ -13,7 +13,7 @@ import sys
 
 MODEL_PACKAGE = "recbole.model.general_recommender"
 #: The plugin's registered model names: the one list (registration and the comparison read it).
-MODEL_NAMES = ("DE", "RRD", "DERRD", "RD", "CD", "IRRRD", "HTD", "RCEKD")
+MODEL_NAMES = ("DE", "RRD", "DERRD", "RD", "CD", "IRRRD", "DEIRRRD", "HTD", "RCEKD")
 PLUGIN_MODULES = frozenset(MODEL_PACKAGE + "." + name.lower() for name in MODEL_NAMES)
 
 

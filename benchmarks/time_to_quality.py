@@ -4,7 +4,7 @@ Per-epoch ratios say little about what a user waits for: a method may take longe
 fewer epochs, or spend most epochs in a phase that costs more than the rest.  This benchmark
 trains each method with the results' early-stopping rule and reports, side by side in one run:
 
-* methods: the student alone, RRD, DE, DE-RRD, IR-RRD, HTD and RCE-KD (the accuracy issue's methods
+* methods: the student alone, RRD, DE, DE-RRD, IR-RRD, DE + IR-RRD, HTD and RCE-KD (the accuracy issue's methods
   join as they land);
 * time to the best validation NDCG@10: the training clock (the method's one-off setup, e.g. the
   teacher's top-N, included; the shared teacher's own training not) up to the end of the
@@ -51,7 +51,7 @@ from _common import ROOT, SHARED_DATA, check_quiet, cpu_model, environment_line,
 CITEULIKE_CONFIG = os.path.join(ROOT, "results", "citeulike", "citeulike-bpr.yaml")
 ML1M_SHAPE = {"users": 6040, "items": 3706, "interactions": 600000}
 #: the methods of every run, in table order; REFERENCE is DE-RRD with kd_implementation: reference
-METHODS = ("Student", "RRD", "DE", "DERRD", "IRRRD", "HTD", "RCEKD")
+METHODS = ("Student", "RRD", "DE", "DERRD", "IRRRD", "DEIRRRD", "HTD", "RCEKD")
 REFERENCE = "reference"
 PROTOCOL = {"eval_step": 5, "stopping_step": 4, "valid_metric": "NDCG@10",
             "metrics": ["Hit", "MRR", "NDCG"], "topk": [5, 10, 20], "show_progress": False}

@@ -17,7 +17,7 @@ register()
 from recbole_derrd.config import protocol_file, tuning_file  # noqa: E402
 from recbole_derrd.backbones import BackboneAdapter, register_adapter  # noqa: E402
 from recbole_derrd.backbone_support import register_backbone  # noqa: E402
-from recbole_derrd.model import CD, DE, DERRD, HTD, IRRRD, RCEKD, RD, RRD, DistilledRecommender  # noqa: E402
+from recbole_derrd.model import CD, DE, DEIRRRD, DERRD, HTD, IRRRD, RCEKD, RD, RRD, DistilledRecommender  # noqa: E402
 from recbole_derrd.distillation_trainer import DistillationTrainer  # noqa: E402
 from recbole_derrd.trainer import safe_trainer_class  # noqa: E402
 

@@ -97,6 +97,13 @@ def test_irrrd_trains_through_recbole_and_logs_its_parts(tiny):
     result = run_recbole("IRRRD", config_dict=dict(tiny, **SMALL_IR), saved=True)
     assert 0 <= result["test_result"]["ndcg@10"] <= 1
     assert recbole_derrd.IRRRD.terms[1].name == "IR"
+    # with DE as well (DE + IR-RRD): three parts, RRD before IR (IR regularises RRD's items)
+    _, net, train = build("DEIRRRD", dict(tiny, **SMALL_IR))
+    assert [term.name for term in net.distillation_terms] == ["DE", "RRD", "IR"]
+    losses = net.calculate_loss(next(iter(train)))
+    assert len(losses) == 4 and all(bool(torch.isfinite(part)) for part in losses)
+    result = run_recbole("DEIRRRD", config_dict=dict(tiny, **SMALL_IR), saved=False)
+    assert 0 <= result["test_result"]["ndcg@10"] <= 1
     with pytest.raises(ValueError, match="ir_k=30 must not exceed ir_top_n=5"):
         build("IRRRD", dict(tiny, **dict(SMALL_IR, ir_k=30)))
     with pytest.raises(ValueError, match="ir_top_n \\+ ir_l = 25 needs 25 unobserved users per item, but item '.+' \\(internal id 2\\)"):

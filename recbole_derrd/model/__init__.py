@@ -1,5 +1,5 @@
 """RecBole models added by the plugin: a student backbone plus distillation terms."""
 
-from recbole_derrd.model.distilled import CD, DE, DERRD, HTD, IRRRD, RCEKD, RD, RRD, DistilledRecommender
+from recbole_derrd.model.distilled import CD, DE, DEIRRRD, DERRD, HTD, IRRRD, RCEKD, RD, RRD, DistilledRecommender
 
-__all__ = ["DistilledRecommender", "DE", "RRD", "DERRD", "RD", "CD", "IRRRD", "HTD", "RCEKD"]
+__all__ = ["DistilledRecommender", "DE", "RRD", "DERRD", "RD", "CD", "IRRRD", "DEIRRRD", "HTD", "RCEKD"]

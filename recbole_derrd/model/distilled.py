@@ -291,6 +291,14 @@ class IRRRD(DistilledRecommender):
     property_files = ("distillation.yaml", "model/RRD.yaml", "model/IR.yaml")
 
 
+class DEIRRRD(DistilledRecommender):
+    """Student trained with DE, RRD and the item-side regularizer IR: the authors' IR-RRD with
+    their Distillation Experts added (issue 18's "DE + IR-RRD")."""
+
+    terms = (DETerm, RRDTerm, IRTerm)
+    property_files = ("distillation.yaml", "model/DE.yaml", "model/RRD.yaml", "model/IR.yaml")
+
+
 class HTD(DistilledRecommender):
     """Student trained with hierarchical topology distillation (Kang et al., KDD 2021), the
     authors' successor to DE: the relations among the teacher's representations, by group."""
