@@ -31,8 +31,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Each axis search's fixed starting point, constants so that a search stays reproducible after the
 # model's yaml takes the chosen values.  CD: its provisional defaults before any search
-# (properties/model/CD.yaml of 2026-11-28).  DERRD: the paper's settings with the plugin's
-# `de_rows: epoch` (properties/model/DERRD.yaml, RRD.yaml, DE.yaml of 2026-12-02).
+# (properties/model/CD.yaml of 2026-11-28).  DERRD: the paper's settings (properties/model/DERRD.yaml,
+# RRD.yaml, DE.yaml of 2026-12-02); DE's rows come from the config file (citeulike-bpr.yaml: the
+# paper's `de_rows: batch`, as every recorded DE-RRD cell).
 STARTS = {
     "CD": {"cd_gamma": 100.0, "cd_temperature": 1.0, "cd_samples": 10, "cd_weight": 0.01},
     "DERRD": {"de_weight": 0.01, "rrd_weight": 0.001, "rrd_k": 40, "rrd_temperature": 10.0,
