@@ -103,19 +103,42 @@ def data_fingerprint(train_dataset, valid_dataset=None):
     return fingerprint
 
 
-def _plain(value):
+def plain_json(value):
+    """``value`` as JSON would give it back (tuples as lists, other objects as text): comparable
+    with what a file recorded."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def run_settings(config, extra_keys=()):
+    """{key: value} of what decides a backbone's training run: its stock yaml keys, RecBole's
+    training and dataset keys, and ``extra_keys`` (the teacher cache key; a comparison cell's)."""
+    keys = set(stock_model_yaml(config["model"])) | set(TRAINING_KEYS) | set(DATASET_KEYS) | set(extra_keys)
+    return {k: config[k] for k in sorted(keys)}
+
+
+def changed_keys(recorded, current, ignore=(), prefix=""):
+    """[(dotted key, recorded value, current value)] where two nested dicts differ, keys in
+    ``ignore`` skipped at every level."""
+    found = []
+    for key in sorted(set(recorded) | set(current)):
+        if key in ignore:
+            continue
+        a, b = recorded.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += changed_keys(a, b, ignore, prefix + key + ".")
+        elif a != b:
+            found.append((prefix + key, a, b))
+    return found
 
 
 def cache_description(tconfig, fingerprint):
     """Everything the cache key covers, as a JSON-able dict (also stored in the cache file)."""
     model = tconfig["model"]
-    keys = sorted(set(stock_model_yaml(model)) | set(TRAINING_KEYS) | set(DATASET_KEYS))
-    settings = {k: tconfig[k] for k in keys}
+    settings = run_settings(tconfig)
     negatives = valid_negatives(tconfig)
     if negatives != "redraw":  # only then: keys of existing caches stay valid
         settings["valid_negatives"] = negatives
-    return _plain({
+    return plain_json({
         "format": CACHE_FORMAT,
         "teacher_model": model,
         "dataset": tconfig["dataset"],
@@ -133,15 +156,8 @@ def cache_path(config, tconfig, key):
     return os.path.join(folder, "%s-%s-%s.pth" % (tconfig["model"], tconfig["dataset"], key[:16]))
 
 
-def _differences(expected, found, prefix=""):
-    diffs = []
-    for key in sorted(set(expected) | set(found)):
-        a, b = expected.get(key), found.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _differences(a, b, prefix + key + ".")
-        elif a != b:
-            diffs.append("%s%s: checkpoint has %r, this run has %r" % (prefix, key, b, a))
-    return diffs
+def _differences(expected, found):
+    return ["%s: checkpoint has %r, this run has %r" % (key, b, a) for key, a, b in changed_keys(expected, found)]
 
 
 def _load_weights(teacher, checkpoint, source):
@@ -174,7 +190,7 @@ def verify_checkpoint(checkpoint, path, tconfig, fingerprint):
         if saved["model"] != tconfig["model"]:
             diffs.append("model: checkpoint has %r, teacher_model is %r" % (saved["model"], tconfig["model"]))
         for key in SPLIT_KEYS:
-            if _plain(saved[key]) != _plain(tconfig[key]):
+            if plain_json(saved[key]) != plain_json(tconfig[key]):
                 diffs.append("%s: checkpoint has %r, this run has %r" % (key, saved[key], tconfig[key]))
         getLogger().warning(
             "teacher_checkpoint %s is a stock RecBole checkpoint: its token maps cannot be "

@@ -11,10 +11,8 @@ output switches are left out (:data:`BOOKKEEPING_KEYS`): moving the data or the 
 changes no result.  :func:`differences` names what changed, for the refusal.
 """
 
-import json
-
 from recbole_derrd.config import plugin_defaults, stock_model_yaml, teacher_config
-from recbole_derrd.teacher import DATASET_KEYS, TRAINING_KEYS
+from recbole_derrd.teacher import changed_keys, plain_json, run_settings
 
 #: where things are read or written, and what is printed: no effect on a cell's result
 BOOKKEEPING_KEYS = ("checkpoint_dir", "teacher_cache_dir", "teacher_checkpoint", "resume", "data_path",
@@ -25,20 +23,21 @@ EXTENSION_KEYS = ("epochs", "t_epochs")
 SETTINGS_FILE = "cell-settings.json"
 
 
-def _plain(value):
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
 def _backbone_settings(config, extra_keys=()):
-    keys = set(stock_model_yaml(config["model"])) | set(TRAINING_KEYS) | set(DATASET_KEYS) | set(extra_keys)
-    final = config.final_config_dict
-    return {key: final.get(key) for key in sorted(keys - set(BOOKKEEPING_KEYS))}
+    """The teacher cache's settings of a backbone run (plus ``extra_keys``), paths left out."""
+    settings = run_settings(config, extra_keys)
+    return {key: value for key, value in settings.items() if key not in BOOKKEEPING_KEYS}
 
 
 def teacher_description(config):
     """The resolved settings of the teacher of a plugin ``config`` (the ``t_`` keys applied)."""
     tconfig = teacher_config(config)
-    return _plain({"model": tconfig["model"], "settings": _backbone_settings(tconfig)})
+    return plain_json({"model": tconfig["model"], "settings": _backbone_settings(tconfig)})
+
+
+def describe_teacher_cell(method, holder_config):
+    """The Teacher cell's settings: the resolved settings of the teacher it tests."""
+    return {"method": method, "teacher": teacher_description(holder_config)}
 
 
 def describe(method, config, plugin_class=None):
@@ -46,21 +45,12 @@ def describe(method, config, plugin_class=None):
     student's own for the student-alone and baseline cells), ``plugin_class`` the registered
     model class for a distilled method."""
     if plugin_class is None:
-        return _plain({"method": method, "model": config["model"], "settings": _backbone_settings(config)})
+        return plain_json({"method": method, "model": config["model"], "settings": _backbone_settings(config)})
     keys = set(plugin_defaults(plugin_class)) | set(stock_model_yaml(config["student_model"]))
-    return _plain({"method": method, "model": config["model"], "settings": _backbone_settings(config, keys),
+    return plain_json({"method": method, "model": config["model"], "settings": _backbone_settings(config, keys),
                    "teacher": teacher_description(config)})
 
 
-def differences(recorded, current, ignore=(), prefix=""):
+def differences(recorded, current, ignore=()):
     """['key: recorded X, now Y', ...] between two descriptions (nested keys dotted)."""
-    found = []
-    for key in sorted(set(recorded) | set(current)):
-        if key in ignore:
-            continue
-        a, b = recorded.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found += differences(a, b, ignore, prefix + key + ".")
-        elif a != b:
-            found.append("%s%s: recorded %r, now %r" % (prefix, key, a, b))
-    return found
+    return ["%s: recorded %r, now %r" % change for change in changed_keys(recorded, current, ignore)]
