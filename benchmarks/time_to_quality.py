@@ -57,6 +57,12 @@ PROTOCOL = {"eval_step": 5, "stopping_step": 4, "valid_metric": "NDCG@10",
             "metrics": ["Hit", "MRR", "NDCG"], "topk": [5, 10, 20], "show_progress": False}
 
 
+#: the low-rank synthetic data's taste: on the ML-1M shape a BPR-200 reached validation N@10 .1295
+#: against a BPR-20's .0744 (full ranking, 40-epoch cap, seed 0; a pilot, not recorded), while on the
+#: popularity-only data the teacher was no better than the student (RESULTS.md, 2026-12-02 07:21)
+LOW_RANK = {"rank": 32, "strength": 2.5}
+
+
 def ml1m_shaped(data_dir, shape=None, seed=0, synthetic="low_rank"):
     """Write (once) the synthetic MovieLens-1M-shaped dataset; returns (dataset, data_path).
     ``shape`` (users, items, interactions) other than ML-1M's gets a name of its own;
@@ -76,12 +82,6 @@ def ml1m_shaped(data_dir, shape=None, seed=0, synthetic="low_rank"):
             users, items = generate(*shape, min_per_user=minimum, seed=seed)
         write_atomic(data_dir, name, users + 1, items + 1)
     return name, data_dir
-
-
-#: the low-rank synthetic data's taste: on the ML-1M shape a BPR-200 reached validation N@10 .1295
-#: against a BPR-20's .0744 (full ranking, 40-epoch cap, seed 0; a pilot, not recorded), while on the
-#: popularity-only data the teacher was no better than the student (RESULTS.md, 2026-12-02 07:21)
-LOW_RANK = {"rank": 32, "strength": 2.5}
 
 
 def run_settings(args):

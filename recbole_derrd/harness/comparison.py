@@ -30,8 +30,8 @@ import numpy as np
 from recbole_derrd.atomic import atomic_write_text
 from recbole_derrd.backbone_support import model_size
 from recbole_derrd_hook import MODEL_NAMES
-from recbole_derrd.harness.cell_settings import (EXTENSION_KEYS, SETTINGS_FILE, describe, differences,
-                                                 teacher_description)
+from recbole_derrd.harness.cell_settings import (EXTENSION_KEYS, SETTINGS_FILE, describe, describe_teacher_cell,
+                                                 differences)
 from recbole_derrd.harness.tables import markdown_table
 from recbole_derrd.evaluation import PAIRED_METRICS, over_seeds, paired_test, per_user_over_seeds
 
@@ -104,7 +104,7 @@ def _cell_config(method, seed, dataset, config_file_list, config_dict, out_dir):
         plugin = Config(model=method if method in PLUGIN_MODELS else HOLDER, dataset=dataset,
                         config_file_list=config_file_list, config_dict=settings)
         if method == TEACHER:
-            return plugin, settings["checkpoint_dir"], {"method": TEACHER, "teacher": teacher_description(plugin)}
+            return plugin, settings["checkpoint_dir"], describe_teacher_cell(TEACHER, plugin)
         if method == STUDENT:
             config = student_config(plugin, plugin_owned_keys(plugin, PLUGIN_MODELS.values()))
             return config, settings["checkpoint_dir"], describe(method, config)
@@ -238,7 +238,7 @@ def _teacher_cell(seed, dataset, config_file_list, config_dict, out_dir):
 
     model, config, test_data, prepare_seconds = _seed_teacher(seed, dataset, config_file_list,
                                                               config_dict, out_dir)
-    description = {"method": TEACHER, "teacher": teacher_description(config)}
+    description = describe_teacher_cell(TEACHER, config)
     start = time.perf_counter()
     row, per_user = teacher_row(model, config, test_data)
     elapsed = time.perf_counter() - start
