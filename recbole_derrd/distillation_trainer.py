@@ -56,10 +56,8 @@ class DistillationTrainer(SafeCheckpointMixin, Trainer):
                            show_progress=show_progress, callback_fn=callback_fn,
                            resume_checkpoint=resume_checkpoint)
 
-    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        self.model.start_epoch(epoch_idx)
-        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func,
-                                    show_progress=show_progress)
+    def _begin_epoch(self, epoch_idx):
+        self.model.start_epoch(epoch_idx)  # the terms' per-epoch tables and samples
 
     def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
         names = getattr(self.model, "loss_part_names", ())

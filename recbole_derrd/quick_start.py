@@ -78,6 +78,8 @@ def train_and_test(config, data, train_data, valid_data, test_data, saved=True):
         # time to quality: training (setup included) until the best evaluation / the last one
         "seconds_to_best": trainer.seconds_to_best,
         "fit_seconds": trainer.fit_seconds,
+        # training cost: mean seconds of one training epoch (evaluations excluded)
+        "seconds_per_epoch": trainer.seconds_per_epoch,
     }
     return result, model, per_user
 

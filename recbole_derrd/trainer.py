@@ -88,8 +88,28 @@ class SafeCheckpointMixin:
         #: continues the clock of the run it resumes (time to quality, issue 17).
         self.seconds_to_best = None
         self.fit_seconds = None
+        #: wall seconds spent in training epochs (evaluations excluded) and how many epochs: the
+        #: per-epoch training cost the comparison tables report; a resumed run keeps counting.
+        self.train_epoch_seconds = 0.0
+        self.epochs_trained = 0
         #: the validation loader of the current fit (what ``valid_negatives: fixed`` applies to)
         self._valid_source = None
+
+    @property
+    def seconds_per_epoch(self):
+        """Mean wall seconds of one training epoch (its per-epoch setup included), or None."""
+        return self.train_epoch_seconds / self.epochs_trained if self.epochs_trained else None
+
+    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        start = time.perf_counter()
+        self._begin_epoch(epoch_idx)
+        result = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+        self.train_epoch_seconds += time.perf_counter() - start
+        self.epochs_trained += 1
+        return result
+
+    def _begin_epoch(self, epoch_idx):
+        """Work due before an epoch's batches (timed with the epoch); none for stock models."""
 
     def _load_into_model(self, checkpoint_file, checkpoint=None):
         if checkpoint is None:
@@ -183,7 +203,8 @@ class SafeCheckpointMixin:
         state.update({"last": True, "best_valid_result": self.best_valid_result,
                       "best_model_file": self.saved_model_file,
                       "random_states": random_states(train_data),
-                      "fit_seconds": self.fit_seconds, "seconds_to_best": self.seconds_to_best})
+                      "fit_seconds": self.fit_seconds, "seconds_to_best": self.seconds_to_best,
+                      "train_epoch_seconds": self.train_epoch_seconds, "epochs_trained": self.epochs_trained})
         atomic_save(state, last_checkpoint_path(self.saved_model_file), pickle_protocol=4)
 
     def read_resume_checkpoint(self, resume_file):
@@ -278,6 +299,8 @@ class SafeCheckpointMixin:
             restore_random_states(checkpoint["random_states"], train_data)
             self.fit_seconds = _seconds(checkpoint.get("fit_seconds"))
             self.seconds_to_best = _seconds(checkpoint.get("seconds_to_best"))
+            self.train_epoch_seconds = _seconds(checkpoint.get("train_epoch_seconds")) or 0.0
+            self.epochs_trained = _count(checkpoint.get("epochs_trained"))
         self._resumed = True
         self.logger.info("Checkpoint loaded. Resume training from epoch {}".format(self.start_epoch))
 
@@ -341,6 +364,11 @@ def _seconds(value):
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf"):
         return float(value)
     return None
+
+
+def _count(value):
+    """A count from a checkpoint: an int >= 0, else 0 (older files have none)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def unique_checkpoint_name(saved_model_file):

@@ -61,6 +61,9 @@ def test_comparison_writes_tables_and_plot_and_skips_finished_cells(tiny, tmp_pa
     assert 0 < student["seconds_to_best"] <= student["fit_seconds"] <= student["train_and_test_seconds"]
     assert rows[1]["seconds_to_best"] == "%.2f" % student["seconds_to_best"] and rows[0]["seconds_to_best"] == ""
     assert "to best valid (s)" in table
+    # training cost: one epoch's wall time, evaluations excluded
+    assert 0 < student["seconds_per_epoch"] < student["fit_seconds"]
+    assert rows[1]["seconds_per_epoch"] == "%.2f" % student["seconds_per_epoch"] and "s/epoch" in table
     # every method saw the same test users
     cells = report["cells"]
     assert len({len(c["per_user"]["ndcg@10"]) for c in cells.values()}) == 1
@@ -192,6 +195,9 @@ def test_teacher_lead_against_hand_values():
     cells[("Student", 0)]["seconds_to_best"], cells[("Student", 1)]["seconds_to_best"] = 30.0, 10.0
     rows = {r["method"]: r for r in comparison.summarise(cells, ["Teacher", "Student"], [0, 1])["rows"]}
     assert rows["Student"]["seconds_to_best"] == 20.0
+    cells[("Student", 0)]["seconds_per_epoch"], cells[("Student", 1)]["seconds_per_epoch"] = 3.0, 1.0
+    rows = {r["method"]: r for r in comparison.summarise(cells, ["Teacher", "Student"], [0, 1])["rows"]}
+    assert rows["Student"]["seconds_per_epoch"] == 2.0 and rows["Teacher"]["seconds_per_epoch"] is None
 
 
 def test_seed_statistics_against_hand_values():

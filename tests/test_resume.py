@@ -190,3 +190,29 @@ def test_time_to_best_counts_the_setup_and_continues_across_a_resume(tiny, monke
     assert again["seconds_to_best"] >= first["seconds_to_best"]
     stock = run_recbole("BPR", config_dict=dict(tiny, epochs=2), saved=True)
     assert 0 < stock["seconds_to_best"] <= stock["fit_seconds"]
+
+
+def test_epoch_cost_counts_the_epochs_setup_and_continues_across_a_resume(tiny, monkeypatch):
+    """seconds_per_epoch: training epochs only (their per-epoch term work included, evaluations
+    not), averaged over every epoch the run has trained, across a resume."""
+    import time
+
+    from recbole_derrd.terms.rrd import RRD
+
+    plain_start = RRD.start_epoch
+    monkeypatch.setattr(RRD, "start_epoch", lambda self, epoch: time.sleep(0.2) or plain_start(self, epoch))
+    settings = dict(tiny, epochs=2, stopping_step=100)
+    first = run_recbole("RRD", config_dict=settings, saved=True)
+    assert 0.2 <= first["seconds_per_epoch"] < first["fit_seconds"] / 2
+    _, last = _best_and_last(tiny["checkpoint_dir"], "RRD")
+    saved = load_checkpoint(last)
+    assert saved["epochs_trained"] == 2
+    assert saved["train_epoch_seconds"] == pytest.approx(2 * first["seconds_per_epoch"])
+    monkeypatch.setattr(RRD, "start_epoch", plain_start)
+    again = run_recbole("RRD", config_dict=dict(settings, epochs=4, resume=last), saved=True)
+    saved = load_checkpoint(_best_and_last(tiny["checkpoint_dir"], "RRD")[1])
+    assert saved["epochs_trained"] == 4  # two before the resume, two after
+    assert again["seconds_per_epoch"] == pytest.approx(saved["train_epoch_seconds"] / 4)
+    assert again["seconds_per_epoch"] >= 0.2 / 2  # the slow first epochs still count
+    stock = run_recbole("BPR", config_dict=dict(tiny, epochs=2), saved=False)
+    assert 0 < stock["seconds_per_epoch"] < stock["fit_seconds"]

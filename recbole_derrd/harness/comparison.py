@@ -177,6 +177,7 @@ def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir, exte
         **cell_epochs(checkpoint_dir),
         "cap_bound": bool(result.get("cap_bound")),
         "seconds_to_best": result.get("seconds_to_best"), "fit_seconds": result.get("fit_seconds"),
+        "seconds_per_epoch": result.get("seconds_per_epoch"),
     }
 
 
@@ -281,6 +282,8 @@ def summarise(cells, methods, seeds):
             "train_seconds": _mean_or_none([r["train_and_test_seconds"] for r in runs]),
             # time to quality: training until the best validation evaluation, median over seeds
             "seconds_to_best": _median_or_none([r.get("seconds_to_best") for r in runs]),
+            # training cost per epoch (evaluations excluded), median over seeds
+            "seconds_per_epoch": _median_or_none([r.get("seconds_per_epoch") for r in runs]),
             # a resumed cell's clock started at its resume: its time undercounts the training
             "resumed": any(r.get("resumed_from") for r in runs),
             "continued": any(r.get("continued_from") for r in runs),
@@ -370,22 +373,24 @@ def markdown(summary, title):
         seconds = "-" if row["train_seconds"] is None else "%.0f" % row["train_seconds"]
         seconds += ("*" if row["resumed"] else "") + ("+" if row["continued"] else "")
         to_best = "-" if row["seconds_to_best"] is None else "%.0f" % row["seconds_to_best"]
+        per_epoch = "-" if row.get("seconds_per_epoch") is None else "%.2f" % row["seconds_per_epoch"]
         rows.append([row["method"], format(row["parameters"], ",")] + cells
                     + [_gap_text(row["gap_valid"]), _gap_text(row["gap_test"]), seconds, to_best,
-                       ", ".join(row["epochs"])])
+                       per_epoch, ", ".join(row["epochs"])])
     tests = [[t["method"], t["reference"], t["metric"], "%+.4f" % t["mean_diff"], "%.3g" % t["p_value"],
               t["n_users"]] for t in summary["tests"]]
     first = summary["rows"][0]
     gap_names = ["teacher lead, valid %s" % (first.get("valid_metric") or "-").replace("ndcg", "N"),
                  "teacher lead, test %s" % first.get("gap_metric", "ndcg@10").replace("ndcg", "N")]
     lines = ["## " + title, "",
-             markdown_table(["method", "params"] + names + gap_names + ["train + test (s)", "to best valid (s)", "best/last epoch"],
-                            rows),
+             markdown_table(["method", "params"] + names + gap_names
+                            + ["train + test (s)", "to best valid (s)", "s/epoch", "best/last epoch"], rows),
              "", "Bold: best mean per column, the teacher excepted. Mean +- std over seeds. Epochs "
              "count from 0, one entry per seed (the teacher: its best epoch only). Teacher lead: teacher - "
              "this row, per seed, averaged (validation: the teacher's valid_metric). To best valid: "
              "training time (the method's setup included, the teacher's training not) until the "
-             "evaluation that found the best validation score, median over seeds. Best baseline (by "
+             "evaluation that found the best validation score, median over seeds. s/epoch: one training "
+             "epoch's wall time (evaluations excluded), median over seeds. Best baseline (by "
              "N@10, not the teacher, DE/RRD/DE-RRD or the student): %s." % summary["best_baseline"]
              + (" *: resumed from a checkpoint (in at least one seed); the time counts the last process "
                 "only (`resumed_from` in the JSON)." if any(r["resumed"] for r in summary["rows"]) else "")
@@ -408,7 +413,8 @@ def write_outputs(summary, cells, out_dir, title):
     writer = csv.writer(table)
     writer.writerow(["method", "parameters", "train_seconds", "inference_seconds_256_users"]
                     + ["%s_mean" % m for m in summary["metrics"]] + ["%s_std" % m for m in summary["metrics"]]
-                    + ["resumed", "teacher_lead_valid", "teacher_lead_test", "seconds_to_best"])
+                    + ["resumed", "teacher_lead_valid", "teacher_lead_test", "seconds_to_best",
+                       "seconds_per_epoch"])
     for row in summary["rows"]:
         writer.writerow([row["method"], row["parameters"],
                          "" if row["train_seconds"] is None else "%.2f" % row["train_seconds"],
@@ -417,7 +423,8 @@ def write_outputs(summary, cells, out_dir, title):
                         + ["%.6f" % row["std"][m] for m in summary["metrics"]]
                         + [int(row["resumed"])]
                         + ["" if row[k] is None else "%.6f" % row[k] for k in ("gap_valid", "gap_test")]
-                        + ["" if row["seconds_to_best"] is None else "%.2f" % row["seconds_to_best"]])
+                        + ["" if row[k] is None else "%.2f" % row[k]
+                           for k in ("seconds_to_best", "seconds_per_epoch")])
     paths["csv"] = atomic_write_text(os.path.join(out_dir, "comparison.csv"), table.getvalue())
     paths["json"] = atomic_write_text(os.path.join(out_dir, "comparison.json"), json.dumps(
         {"title": title, **{k: v for k, v in summary.items()},
