@@ -156,6 +156,13 @@ def test_cd_grid_axis_search_walks_one_axis_at_a_time_from_the_fixed_start(cd_gr
         (0.1, 10.0, 10, 1.0), (0.1, 1000.0, 10, 1.0),  # gamma, weight held at 0.1
         (0.1, 10.0, 50, 1.0), (0.1, 10.0, 10, 5.0)]  # samples, then t: ties keep 10 and 1.0
     assert len(seen) == 10 and len({cd_grid.point_name(p) for p in seen}) == 10
+    # --jobs: each axis's new points are handed over together before any is evaluated, the
+    # same points in the same order, so a side-by-side search visits exactly what a serial one does
+    batches = []
+    best_again, seen_again = cd_grid.axis_search(axes, score, cd_grid.STARTS["CD"], cd_grid.AXIS_ORDERS["CD"],
+                                                 prefetch=batches.append)
+    assert (best_again, seen_again) == (best, seen)
+    assert [len(b) for b in batches] == [5, 2, 1, 1] and sum(batches, []) == seen[1:]
     with pytest.raises(ValueError, match="not on the grid"):
         cd_grid.axis_search(axes, score, dict(cd_grid.STARTS["CD"], cd_weight=0.5), cd_grid.AXIS_ORDERS["CD"])
 

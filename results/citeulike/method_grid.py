@@ -19,6 +19,8 @@ Two strategies over the same grid:
     python results/citeulike/method_grid.py --model DERRD --data_path ../shared/datasets \
         --teacher_checkpoint cmp/bpr/teachers/BPR-citeulike-<key>.pth --out cmp/derrd-grid --strategy axis
     python results/citeulike/method_grid.py --model DERRD --out cmp/derrd-grid --summary   # table only
+
+``--jobs 2`` trains an axis's points side by side (each point's result is the same as alone).
 """
 
 import argparse
@@ -27,6 +29,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Each axis search's fixed starting point, constants so that a search stays reproducible after the
@@ -72,11 +75,13 @@ def point_name(params):
     return "_".join("%s=%s" % (k[3:] if k.startswith("cd_") else k, v) for k, v in params.items())
 
 
-def axis_search(axes, evaluate, start, order):
+def axis_search(axes, evaluate, start, order, prefetch=None):
     """One coordinate-search pass: ``evaluate(params) -> validation score`` (higher is better).
 
     Returns (best params, [params in the order evaluated]).  Ties keep the earlier point, so the
-    start wins unless another value is strictly better."""
+    start wins unless another value is strictly better.  ``prefetch(points)``, when given, is
+    handed each axis's new points before they are evaluated: they differ only on that axis and
+    do not depend on each other's scores, so they may be trained side by side."""
     values = dict(axes)
     missing = set(order) ^ set(values)
     if missing:
@@ -85,6 +90,8 @@ def axis_search(axes, evaluate, start, order):
         raise ValueError("start point %s is not on the grid %s" % (start, values))
     best, best_score, seen = dict(start), evaluate(dict(start)), [dict(start)]
     for name in order:
+        if prefetch:
+            prefetch([c for c in (dict(best, **{name: v}) for v in values[name]) if c not in seen])
         for value in values[name]:
             candidate = dict(best, **{name: value})
             if candidate in seen:
@@ -156,6 +163,9 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strategy", choices=("full", "axis"), default="full",
                         help="every grid point, or one coordinate-search pass (see the docstring)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="axis search: train up to this many points of one axis side by side "
+                             "(one process each; set OMP_NUM_THREADS so that they share the cores)")
     parser.add_argument("--summary", action="store_true", help="only print / write the table")
     parser.add_argument("--point", help=argparse.SUPPRESS)  # child: JSON of one point's params
     args = parser.parse_args()
@@ -171,23 +181,46 @@ def main():
     axes = grid(args.model)
     names = [n for n, _ in axes]
 
-    def evaluate(params):
-        """Train one point in a child process (unless finished); its best validation score."""
+    def record_path(params):
+        return os.path.join(args.out, point_name({n: params[n] for n in names}) + ".json")
+
+    def start(params):
+        """A child process training one point."""
         params = {n: params[n] for n in names}
-        path = os.path.join(args.out, point_name(params) + ".json")
-        if not os.path.exists(path):
-            print("point %s (%s)" % (point_name(params), args.strategy), flush=True)
-            command = [sys.executable, os.path.abspath(__file__), "--point", json.dumps(params), "--model", args.model,
-                       "--out", args.out, "--teacher_checkpoint", os.path.abspath(args.teacher_checkpoint),
-                       "--seed", str(args.seed), "--config_files", *map(os.path.abspath, args.config_files)]
-            if args.data_path:
-                command += ["--data_path", os.path.abspath(args.data_path)]
-            subprocess.run(command, check=True, cwd=args.out)
-        with open(path, encoding="utf-8") as handle:
+        print("point %s (%s)" % (point_name(params), args.strategy), flush=True)
+        command = [sys.executable, os.path.abspath(__file__), "--point", json.dumps(params), "--model", args.model,
+                   "--out", args.out, "--teacher_checkpoint", os.path.abspath(args.teacher_checkpoint),
+                   "--seed", str(args.seed), "--config_files", *map(os.path.abspath, args.config_files)]
+        if args.data_path:
+            command += ["--data_path", os.path.abspath(args.data_path)]
+        return subprocess.Popen(command, cwd=args.out), point_name(params)
+
+    def prefetch(points):
+        """Train the unfinished ``points``, up to ``--jobs`` at a time; fail if any child fails."""
+        todo = [p for p in points if not os.path.exists(record_path(p))]
+        running, failed = [], []
+        while todo or running:
+            while todo and len(running) < args.jobs:
+                running.append(start(todo.pop(0)))
+            done = [(p, n) for p, n in running if p.poll() is not None]
+            if not done:
+                time.sleep(2)
+            for process, name in done:
+                running.remove((process, name))
+                if process.returncode != 0:
+                    failed.append(name)
+        if failed:
+            sys.exit("method_grid: point(s) %s failed (see their output above)" % ", ".join(failed))
+
+    def evaluate(params):
+        """Train one point (unless finished); its best validation score."""
+        prefetch([params])
+        with open(record_path(params), encoding="utf-8") as handle:
             return json.load(handle)["best_valid_score"]
 
     if args.strategy == "axis":
-        best, seen = axis_search(axes, evaluate, STARTS[args.model], AXIS_ORDERS[args.model])
+        best, seen = axis_search(axes, evaluate, STARTS[args.model], AXIS_ORDERS[args.model],
+                                 prefetch=prefetch if args.jobs > 1 else None)
         print("axis search: %d points, best %s" % (len(seen), point_name(best)), flush=True)
     else:
         for values in itertools.product(*[v for _, v in axes]):
