@@ -80,6 +80,8 @@ def train_and_test(config, data, train_data, valid_data, test_data, saved=True):
         "fit_seconds": trainer.fit_seconds,
         # training cost: mean seconds of one training epoch (evaluations excluded)
         "seconds_per_epoch": trainer.seconds_per_epoch,
+        # [epoch, validation score, seconds] per evaluation
+        "valid_curve": list(trainer.valid_curve),
     }
     return result, model, per_user
 

@@ -92,6 +92,9 @@ class SafeCheckpointMixin:
         #: per-epoch training cost the comparison tables report; a resumed run keeps counting.
         self.train_epoch_seconds = 0.0
         self.epochs_trained = 0
+        #: [epoch, validation score, seconds on the clock above] per evaluation: the validation
+        #: curve, to see whether a run had flattened or was still climbing; kept across a resume.
+        self.valid_curve = []
         #: the validation loader of the current fit (what ``valid_negatives: fixed`` applies to)
         self._valid_source = None
 
@@ -204,7 +207,8 @@ class SafeCheckpointMixin:
                       "best_model_file": self.saved_model_file,
                       "random_states": random_states(train_data),
                       "fit_seconds": self.fit_seconds, "seconds_to_best": self.seconds_to_best,
-                      "train_epoch_seconds": self.train_epoch_seconds, "epochs_trained": self.epochs_trained})
+                      "train_epoch_seconds": self.train_epoch_seconds, "epochs_trained": self.epochs_trained,
+                      "valid_curve": self.valid_curve})
         atomic_save(state, last_checkpoint_path(self.saved_model_file), pickle_protocol=4)
 
     def read_resume_checkpoint(self, resume_file):
@@ -255,6 +259,7 @@ class SafeCheckpointMixin:
             if self.cur_step == 0:
                 self.best_epoch = epoch_idx
                 self.seconds_to_best = self.fit_seconds
+            self.valid_curve.append([int(epoch_idx), float(valid_score), round(self.fit_seconds, 3)])
             if saved:
                 self._save_last_checkpoint(epoch_idx, train_data)
             if callback_fn:
@@ -301,6 +306,7 @@ class SafeCheckpointMixin:
             self.seconds_to_best = _seconds(checkpoint.get("seconds_to_best"))
             self.train_epoch_seconds = _seconds(checkpoint.get("train_epoch_seconds")) or 0.0
             self.epochs_trained = _count(checkpoint.get("epochs_trained"))
+            self.valid_curve = _curve(checkpoint.get("valid_curve"))
         self._resumed = True
         self.logger.info("Checkpoint loaded. Resume training from epoch {}".format(self.start_epoch))
 
@@ -369,6 +375,21 @@ def _seconds(value):
 def _count(value):
     """A count from a checkpoint: an int >= 0, else 0 (older files have none)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _curve(value):
+    """A validation curve from a checkpoint: [[epoch, score, seconds], ...] of plain numbers,
+    else [] (older files have none; anything else is not trusted)."""
+    if not isinstance(value, list):
+        return []
+    curve = []
+    for point in value:
+        if not (isinstance(point, list) and len(point) == 3
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)
+                and isinstance(point[0], int) and point[0] >= 0):
+            return []
+        curve.append([point[0], float(point[1]), float(point[2])])
+    return curve
 
 
 def unique_checkpoint_name(saved_model_file):

@@ -64,6 +64,8 @@ def test_comparison_writes_tables_and_plot_and_skips_finished_cells(tiny, tmp_pa
     # training cost: one epoch's wall time, evaluations excluded
     assert 0 < student["seconds_per_epoch"] < student["fit_seconds"]
     assert rows[1]["seconds_per_epoch"] == "%.2f" % student["seconds_per_epoch"] and "s/epoch" in table
+    # and its validation curve, one point per evaluation (tiny: every epoch)
+    assert [p[0] for p in student["valid_curve"]] == list(range(student["last_epoch"] + 1))
     # every method saw the same test users
     cells = report["cells"]
     assert len({len(c["per_user"]["ndcg@10"]) for c in cells.values()}) == 1

@@ -192,9 +192,10 @@ def test_time_to_best_counts_the_setup_and_continues_across_a_resume(tiny, monke
     assert 0 < stock["seconds_to_best"] <= stock["fit_seconds"]
 
 
-def test_epoch_cost_counts_the_epochs_setup_and_continues_across_a_resume(tiny, monkeypatch):
+def test_epoch_cost_and_valid_curve_continue_across_a_resume(tiny, monkeypatch):
     """seconds_per_epoch: training epochs only (their per-epoch term work included, evaluations
-    not), averaged over every epoch the run has trained, across a resume."""
+    not), averaged over every epoch the run has trained, across a resume; the validation curve
+    likewise."""
     import time
 
     from recbole_derrd.terms.rrd import RRD
@@ -214,5 +215,22 @@ def test_epoch_cost_counts_the_epochs_setup_and_continues_across_a_resume(tiny, 
     assert saved["epochs_trained"] == 4  # two before the resume, two after
     assert again["seconds_per_epoch"] == pytest.approx(saved["train_epoch_seconds"] / 4)
     assert again["seconds_per_epoch"] >= 0.2 / 2  # the slow first epochs still count
+    # the validation curve: one [epoch, score, clock] per evaluation, continued across the resume
+    assert [p[0] for p in first["valid_curve"]] == [0, 1] and [p[0] for p in again["valid_curve"]] == [0, 1, 2, 3]
+    assert again["valid_curve"][:2] == first["valid_curve"]
+    assert max(p[1] for p in again["valid_curve"]) == pytest.approx(again["best_valid_score"])
+    assert [p[2] for p in again["valid_curve"]] == sorted(p[2] for p in again["valid_curve"])
     stock = run_recbole("BPR", config_dict=dict(tiny, epochs=2), saved=False)
     assert 0 < stock["seconds_per_epoch"] < stock["fit_seconds"]
+
+
+def test_a_checkpoints_curve_and_counts_are_read_only_as_plain_numbers():
+    """What a "last" checkpoint says about its run's history is bookkeeping: anything that is
+    not plain numbers of the expected shape is dropped, never used."""
+    from recbole_derrd.trainer import _count, _curve
+
+    assert _curve([[0, 0.25, 1.5], [5, 0.3, 9]]) == [[0, 0.25, 1.5], [5, 0.3, 9.0]]
+    for bad in ("[[0, 0.1, 1]]", [[0, "0.1", 1]], [[True, 0.1, 1]], [[-1, 0.1, 1]], [[0, 0.1]],
+                [[0.5, 0.1, 1]], None, [(0, 0.1, 1)]):
+        assert _curve(bad) == [], bad
+    assert _count(3) == 3 and _count(-1) == _count(True) == _count("3") == _count(None) == 0

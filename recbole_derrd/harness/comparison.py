@@ -177,7 +177,7 @@ def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir, exte
         **cell_epochs(checkpoint_dir),
         "cap_bound": bool(result.get("cap_bound")),
         "seconds_to_best": result.get("seconds_to_best"), "fit_seconds": result.get("fit_seconds"),
-        "seconds_per_epoch": result.get("seconds_per_epoch"),
+        "seconds_per_epoch": result.get("seconds_per_epoch"), "valid_curve": result.get("valid_curve"),
     }
 
 
