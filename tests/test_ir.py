@@ -110,3 +110,77 @@ def test_irrrd_trains_through_recbole_and_logs_its_parts(tiny):
         build("IRRRD", dict(tiny, ir_top_n=20, ir_k=5, ir_l=5))
     with pytest.raises(ValueError, match="ir_top_n \\+ ir_l = 505 needs 505 unobserved users per item"):
         build("IRRRD", dict(tiny, ir_top_n=500, ir_k=5, ir_l=5))
+
+
+def _ir_batch_loss_by_hand(net, items, k=3):
+    users = net.term("IR").lists[items]
+    u, v = net.student.user_embedding.weight, net.student.item_embedding.weight
+    scores = (u[users] * v[items].unsqueeze(1)).sum(-1)
+    return relaxed_ranking_loss(scores[:, :k], scores[:, k:])
+
+
+def test_ir_max_rows_samples_the_batch_items_and_scales_to_their_number(tiny):
+    """ir_max_rows: k of the batch's items, uniformly, the loss scaled by (batch items / k): its
+    mean over the draws is the full batch loss."""
+    _, net, train = build("IRRRD", dict(tiny, **SMALL_IR, ir_max_rows=4))
+    ir = net.term("IR")
+    batch = net.batch(next(iter(train)))
+    net.term("RRD").raw_loss(batch)
+    everything = torch.unique(batch.ranked_items)
+    n = everything.numel()
+    assert n > 4
+    full = _ir_batch_loss_by_hand(net, everything).item()
+    # the draw is the stream's: replay it by hand
+    ir.start_epoch(0)
+    replay = torch.Generator().manual_seed(ir._generator.initial_seed())
+    chosen = everything[torch.randperm(n, generator=replay)[:4]]
+    assert ir.raw_loss(batch).item() == pytest.approx(_ir_batch_loss_by_hand(net, chosen).item() * n / 4, rel=1e-5)
+    # unbiased: the per-item losses' mean x n is the full loss, whichever 4 are drawn on average
+    per_item = torch.stack([_ir_batch_loss_by_hand(net, everything[i:i + 1]) for i in range(n)])
+    assert per_item.sum().item() == pytest.approx(full, rel=1e-5)
+    draws = [ir.raw_loss(batch).item() for _ in range(400)]
+    assert np.mean(draws) == pytest.approx(full, rel=0.05)
+    # the same epoch replays the same draws (a resumed run distils the same items)
+    ir.start_epoch(3)
+    first = [ir.raw_loss(batch).item() for _ in range(3)]
+    ir.start_epoch(3)
+    assert [ir.raw_loss(batch).item() for _ in range(3)] == first
+
+
+def test_ir_rows_epoch_regularises_each_item_once_per_epoch(tiny):
+    """ir_rows: epoch: batch b takes the b-th of B slices of a per-epoch order of all items, the
+    loss scaled by (batch items / slice size); an epoch's slices cover every item once."""
+    _, net, train = build("IRRRD", dict(tiny, **SMALL_IR, ir_rows="epoch"))
+    ir = net.term("IR")
+    assert ir.batches_per_epoch == len(train)
+    ir.start_epoch(2)
+    seen = []
+    for interaction in train:
+        batch = net.batch(interaction)
+        net.term("RRD").raw_loss(batch)
+        n = torch.unique(batch.ranked_items).numel()
+        replay = list(ir._rotation.order.tolist())
+        index = ir._rotation.batch
+        slice_items = ir._rotation.order[index * len(replay) // ir._rotation.slices:
+                                         (index + 1) * len(replay) // ir._rotation.slices]
+        loss = ir.raw_loss(batch)
+        assert loss.item() == pytest.approx(
+            _ir_batch_loss_by_hand(net, slice_items).item() * n / slice_items.numel(), rel=1e-5)
+        seen += slice_items.tolist()
+    assert sorted(seen) == list(range(1, net.n_items))
+    with pytest.raises(ValueError, match="ir_max_rows=5 applies to ir_rows='batch' only"):
+        build("IRRRD", dict(tiny, **SMALL_IR, ir_rows="epoch", ir_max_rows=5))
+    with pytest.raises(ValueError, match="ir_rows"):
+        build("IRRRD", dict(tiny, **SMALL_IR, ir_rows="user"))
+    # the authors' rows stay the default, and are what a cell recorded before these keys ran
+    from recbole.config import Config
+
+    from recbole_derrd.harness.cell_settings import describe
+    from recbole_derrd.registration import PLUGIN_MODELS
+
+    def described(**changes):
+        config = Config(model="IRRRD", config_dict=dict(tiny, **SMALL_IR, **changes))
+        return describe("IRRRD", config, PLUGIN_MODELS["IRRRD"])["settings"]
+
+    assert "ir_rows" not in described() and "ir_max_rows" not in described()
+    assert described(ir_rows="epoch")["ir_rows"] == "epoch" and described(ir_max_rows=64)["ir_max_rows"] == 64

@@ -402,11 +402,11 @@ def test_fused_adam_same_update_rule_and_used_by_the_trainer(tiny):
 
 @pytest.mark.parametrize("n,batches,world", [(11, 3, 1), (11, 3, 2), (101, 4, 3), (5, 4, 2)])
 def test_de_rotation_shares_an_epoch_among_ranks(n, batches, world):
-    from recbole_derrd.terms.de import _Rotation
+    from recbole_derrd.terms.rows import Rotation
 
     taken = []
     for rank in range(world):
-        rotation = _Rotation(n, torch.Generator().manual_seed(3), batches, rank, world)
+        rotation = Rotation(n, torch.Generator().manual_seed(3), batches, rank, world)
         taken += [rotation.next("cpu") for _ in range(batches)]
     assert all(len(ids) for ids in taken)
     flat = torch.cat(taken).tolist()

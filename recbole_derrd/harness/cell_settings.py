@@ -21,6 +21,10 @@ BOOKKEEPING_KEYS = ("checkpoint_dir", "teacher_cache_dir", "teacher_checkpoint",
 EXTENSION_KEYS = ("epochs", "t_epochs")
 #: the file, in a cell's checkpoint folder, holding the settings its checkpoints were trained with
 SETTINGS_FILE = "cell-settings.json"
+#: plugin keys added after cells began recording their settings, with the value at which a run is
+#: what it was before the key existed: described only when set otherwise, so that cells recorded
+#: earlier stay reusable under the new key's default
+ADDED_KEYS = {"ir_rows": "batch", "ir_max_rows": 0}
 
 
 def _backbone_settings(config, extra_keys=()):
@@ -47,8 +51,12 @@ def describe(method, config, plugin_class=None):
     if plugin_class is None:
         return plain_json({"method": method, "model": config["model"], "settings": _backbone_settings(config)})
     keys = set(plugin_defaults(plugin_class)) | set(stock_model_yaml(config["student_model"]))
-    return plain_json({"method": method, "model": config["model"], "settings": _backbone_settings(config, keys),
-                   "teacher": teacher_description(config)})
+    settings = _backbone_settings(config, keys)
+    for key, neutral in ADDED_KEYS.items():
+        if key in settings and settings[key] == neutral:
+            del settings[key]
+    return plain_json({"method": method, "model": config["model"], "settings": settings,
+                       "teacher": teacher_description(config)})
 
 
 def differences(recorded, current, ignore=()):

@@ -5,6 +5,7 @@ import torch
 from recbole_derrd.distillation import DistillationExperts, tau_at_epoch
 from recbole_derrd.terms.base import (KD_IMPLEMENTATIONS, DistillationTerm, expert_schedule, non_negative,
                                       non_negative_int, one_of, positive_int)
+from recbole_derrd.terms.rows import Rotation, rank_and_world_size, uniform_subset
 
 #: ``de_rows``: which rows a batch distils (see :class:`DE`).
 DE_ROWS = ("batch", "epoch")
@@ -87,7 +88,7 @@ class DE(DistillationTerm):
 
     def prepare(self, context, train_matrix):
         self.batches_per_epoch = context.batches_per_epoch
-        self.rank, self.world_size = _rank_and_world_size()
+        self.rank, self.world_size = rank_and_world_size()
 
     def start_epoch(self, epoch):
         self.tau = tau_at_epoch(epoch, self.tau_start, self.tau_end, self.anneal_epochs)
@@ -97,8 +98,8 @@ class DE(DistillationTerm):
             if not self.batches_per_epoch:
                 raise RuntimeError("de_rows='epoch' needs the batches per epoch; use prepare_distillation")
             shares = (self.batches_per_epoch, self.rank, self.world_size)
-            self._user_rotation = None if self.sequential else _Rotation(self.n_users, self._generator, *shares)
-            self._item_rotation = _Rotation(self.n_items, self._generator, *shares)
+            self._user_rotation = None if self.sequential else Rotation(self.n_users, self._generator, *shares)
+            self._item_rotation = Rotation(self.n_items, self._generator, *shares)
 
     def raw_loss(self, batch):
         if self.reference:
@@ -113,7 +114,8 @@ class DE(DistillationTerm):
                 users = self._user_rotation.next(users.device)
             items = self._item_rotation.next(items.device)
         elif self.max_rows:
-            users, items = self._sample(users), self._sample(items)
+            users = uniform_subset(users, self.max_rows, self._generator)
+            items = uniform_subset(items, self.max_rows, self._generator)
         loss = self._part(self.user_experts, self.student.user_repr, self.teacher.user_repr, users,
                           user_mass / max(users.numel(), 1))
         if items.numel() and item_mass:
@@ -129,43 +131,8 @@ class DE(DistillationTerm):
                                          torch.unique(items), 0.5)
         return loss
 
-    def _sample(self, ids):
-        if ids.numel() <= self.max_rows:
-            return ids
-        chosen = torch.randperm(ids.numel(), generator=self._generator)[:self.max_rows]
-        return ids[chosen.to(ids.device)]
-
     def _part(self, experts, student_repr, teacher_repr, ids, row_weight):
         with torch.no_grad():
             target = teacher_repr(ids)
         loss = experts.loss(student_repr(ids), target, self.tau, path="reference" if self.reference else "auto")
         return loss if row_weight == 1 else loss * row_weight
-
-
-def _rank_and_world_size():
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-class _Rotation:
-    """All ids 1..n-1 (0 is RecBole's padding) in a random order, cut into B x W nearly equal
-    slices (B batches per epoch on each of W ranks); batch b of rank r takes slice b * W + r, so
-    the ranks together distil every id once per epoch (every rank draws the same order: the
-    generator is seeded by (seed, epoch)).  A batch beyond the B-th starts over from the top."""
-
-    def __init__(self, n, generator, batches, rank=0, world_size=1):
-        self.order = torch.randperm(n - 1, generator=generator) + 1
-        self.slices = batches * world_size
-        self.rank, self.world_size = rank, world_size
-        self.batch = 0
-
-    def next(self, device):
-        index = (self.batch * self.world_size + self.rank) % self.slices
-        self.batch += 1
-        count = len(self.order)
-        if self.slices > count:  # fewer ids than slices: one id each, taking turns
-            return self.order[index % count:index % count + 1].to(device)
-        return self.order[index * count // self.slices:(index + 1) * count // self.slices].to(device)

@@ -10,35 +10,62 @@ in the teacher's order above the uninteresting ones (the relaxed ranking loss of
 
 Which items a batch regularises: with RRD in the same model (IR-RRD), the distinct items of the
 batch users' RRD lists, as in the authors' code; alone, the batch's distinct positive and
-negative items.
+negative items.  Those sets hold most of the catalogue in every batch, so IR's cost is about
+(batches per epoch) x (items) lists per epoch.  ``ir_max_rows`` and ``ir_rows: epoch`` are
+cheaper estimates of the same batch loss, as DE's (:mod:`recbole_derrd.terms.rows`).
 """
 
 import torch
 
 from recbole_derrd.distillation import RRDSampler, relaxed_ranking_loss, teacher_top_users
 from recbole_derrd.distillation.ranking import check_room
+from recbole_derrd.terms.base import non_negative_int, one_of
+from recbole_derrd.terms.rows import Rotation, rank_and_world_size, stream_seed, uniform_subset
 from recbole_derrd.terms.rrd import RankedListsTerm
 
 #: the IR lists' random stream, apart from RRD's under the same seed
 IR_STREAM = 1
+#: ``ir_rows``: which items a batch regularises (see :class:`IR`)
+IR_ROWS = ("batch", "epoch")
 
 
 class IR(RankedListsTerm):
-    """Per item, K interesting users (teacher order) above L uninteresting users."""
+    """Per item, K interesting users (teacher order) above L uninteresting users.
+
+    The items of a batch (the paper's rows, ``ir_rows: batch``), or a cheaper estimate of their
+    loss, scaled by (the batch's items / items used): ``ir_max_rows: k``, a uniform sample of at
+    most k of them; ``ir_rows: epoch``, the next 1/B of a per-epoch random order of all items, so
+    each item is regularised about once per epoch.
+    """
 
     name = "IR"
     prefix = "ir"
+
+    def __init__(self, context, weight, top_n, k, l, temperature, sampling, rows="batch", max_rows=0):
+        super().__init__(context, weight, top_n, k, l, temperature, sampling)
+        self.rows, self.max_rows = rows, max_rows
+        self.seed, self.n_items = context.seed, context.n_items
+        self.batches_per_epoch, self.rank, self.world_size = None, 0, 1
+        self._generator = torch.Generator()
+        self._rotation = None
 
     @classmethod
     def from_config(cls, config, context):
         settings = cls.list_settings(config)
         top_n, l = settings[1], settings[3]
+        rows = one_of(config, "ir_rows", IR_ROWS)
+        max_rows = non_negative_int(config, "ir_max_rows")
+        if rows == "epoch" and max_rows:
+            raise ValueError("ir_max_rows=%r applies to ir_rows='batch' only (ir_rows='epoch' already "
+                             "regularises about one list per item per epoch)" % (max_rows,))
         # fail before the teacher is trained if some item cannot get N + L distinct users
         check_room(context.item_counts[1:], context.n_users, top_n + l, "ir_top_n + ir_l = %d" % (top_n + l),
                    lambda i: context.item_label(i + 1), rows="item", cols="user")
-        return cls(context, *settings)
+        return cls(context, *settings, rows=rows, max_rows=max_rows)
 
     def prepare(self, context, train_matrix):
+        self.batches_per_epoch = context.batches_per_epoch
+        self.rank, self.world_size = rank_and_world_size()
         if self.sampler is None:
             top = teacher_top_users(context.teacher.all_scores, train_matrix, self.top_n, device=context.device)
             self.sampler = RRDSampler(top, train_matrix.T.tocsr(), self.k, self.l, self.temperature,
@@ -46,11 +73,27 @@ class IR(RankedListsTerm):
                                       stream=IR_STREAM)
             self.device = context.device
 
+    def start_epoch(self, epoch):
+        super().start_epoch(epoch)
+        # one stream per (seed, epoch): the items a batch draws survive a resume
+        self._generator.manual_seed(stream_seed("ir-rows", self.seed, epoch))
+        if self.rows == "epoch":
+            if not self.batches_per_epoch:
+                raise RuntimeError("ir_rows='epoch' needs the batches per epoch; use prepare_distillation")
+            self._rotation = Rotation(self.n_items, self._generator, self.batches_per_epoch,
+                                      self.rank, self.world_size)
+
     def raw_loss(self, batch):
         if batch.ranked_items is not None:
             items = torch.unique(batch.ranked_items)
         else:
             items = torch.unique(torch.cat([batch.positives.reshape(-1), batch.negatives.reshape(-1)]))
+        batch_items = items.numel()  # what the paper's rows weigh: one list per distinct item
+        if self.rows == "epoch":
+            items = self._rotation.next(items.device)
+        elif self.max_rows:
+            items = uniform_subset(items, self.max_rows, self._generator)
         users = self.lists_of(items)
         scores = self.student.item_side_score(items, users)
-        return relaxed_ranking_loss(scores[:, : self.k], scores[:, self.k:])
+        loss = relaxed_ranking_loss(scores[:, : self.k], scores[:, self.k:])
+        return loss if items.numel() == batch_items else loss * (batch_items / max(items.numel(), 1))
