@@ -32,7 +32,7 @@ IR_ROWS = ("batch", "epoch")
 class IR(RankedListsTerm):
     """Per item, K interesting users (teacher order) above L uninteresting users.
 
-    The items of a batch (the paper's rows, ``ir_rows: batch``), or a cheaper estimate of their
+    The items of a batch (the authors' rows, ``ir_rows: batch``), or a cheaper estimate of their
     loss, scaled by (the batch's items / items used): ``ir_max_rows: k``, a uniform sample of at
     most k of them; ``ir_rows: epoch``, the next 1/B of a per-epoch random order of all items, so
     each item is regularised about once per epoch.
@@ -88,7 +88,7 @@ class IR(RankedListsTerm):
             items = torch.unique(batch.ranked_items)
         else:
             items = torch.unique(torch.cat([batch.positives.reshape(-1), batch.negatives.reshape(-1)]))
-        batch_items = items.numel()  # what the paper's rows weigh: one list per distinct item
+        batch_items = items.numel()  # what the authors' rows weigh: one list per distinct item
         if self.rows == "epoch":
             items = self._rotation.next(items.device)
         elif self.max_rows:

@@ -2,13 +2,14 @@
 
 A term whose loss sums over a batch's distinct rows (DE over users and items, IR over items)
 pays for every row in every batch it appears in.  Two cheaper estimates of the same batch loss,
-each scaled by (rows the paper's batch would use / rows used) so that the expectation over the
-rows drawn is the paper's batch loss:
+each scaled by (rows the paper's batch would use / rows used):
 
 * a cap: a uniform sample without replacement of at most k of the batch's rows
-  (:func:`uniform_subset`);
+  (:func:`uniform_subset`); its expectation is the batch loss;
 * a rotation: each epoch a random order of all ids, each batch taking the next 1/B of it, so
-  that every id is distilled about once per epoch (:class:`Rotation`).
+  that every id is distilled about once per epoch (:class:`Rotation`); the rows come from the
+  whole catalogue rather than the batch's, so it estimates the batch loss only as far as the
+  batch's rows are typical ones.
 
 The draws depend only on (seed, epoch, batch number), so a resumed run draws the same rows.
 """
