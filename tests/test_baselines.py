@@ -167,6 +167,20 @@ def test_cd_grid_axis_search_walks_one_axis_at_a_time_from_the_fixed_start(cd_gr
         cd_grid.axis_search(axes, score, dict(cd_grid.STARTS["CD"], cd_weight=0.5), cd_grid.AXIS_ORDERS["CD"])
 
 
+def test_method_grid_refuses_a_jobs_count_below_one(tmp_path):
+    """--jobs 0 would never start a point: one clear line and a non-zero exit instead."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "results", "citeulike", "method_grid.py"),
+                           "--out", str(tmp_path), "--jobs", "0"], capture_output=True, text=True)
+    assert done.returncode == 2 and "--jobs must be at least 1 (got 0)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("model, points", [("DERRD", 9), ("IRRRD", 7), ("HTD", 7), ("RCEKD", 8)])
 def test_method_grids_have_their_axes_and_a_start_on_them(cd_grid, model, points):
     """Each later method's search: its shipped .hyper's axes (keys the model reads), a start

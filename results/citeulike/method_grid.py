@@ -169,6 +169,8 @@ def main():
     parser.add_argument("--summary", action="store_true", help="only print / write the table")
     parser.add_argument("--point", help=argparse.SUPPRESS)  # child: JSON of one point's params
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1 (got %d)" % args.jobs)
     args.out = os.path.abspath(args.out)
     os.makedirs(args.out, exist_ok=True)
     if args.point:
