@@ -167,6 +167,41 @@ def test_cd_grid_axis_search_walks_one_axis_at_a_time_from_the_fixed_start(cd_gr
         cd_grid.axis_search(axes, score, dict(cd_grid.STARTS["CD"], cd_weight=0.5), cd_grid.AXIS_ORDERS["CD"])
 
 
+def test_axis_search_fills_spare_slots_with_the_next_axis_as_if_the_best_holds(cd_grid):
+    """--jobs 2 on DE-RRD's grid: an axis with one new point shares its pair of slots with the next
+    axis's point (trained as if the best so far stays best); the path, the best and the scores
+    compared are those of the serial search, and the points trained stay within 13."""
+    axes = cd_grid.grid("DERRD")
+    start, order = cd_grid.STARTS["DERRD"], cd_grid.AXIS_ORDERS["DERRD"]
+    short = {"rrd_weight": "w", "de_weight": "d", "rrd_temperature": "t", "rrd_sampling": "s",
+             "rrd_k": "k", "de_anneal_epochs": "a"}
+
+    def moved(p):  # the one setting that differs from the start, as e.g. "t1.0"
+        diff = ["%s%s" % (short[k], v) for k, v in p.items() if v != start[k]]
+        return "+".join(diff) or "start"
+
+    for winner, expected in (
+            # nothing beats the start: temperature shares with sampling, then k with the anneal
+            (None, [["w0.0001", "w0.01"], ["d0.001", "d0.1"], ["t1.0", "stop"], ["k20", "a200"], [], []]),
+            # temperature 1 wins: the speculated "top" (at t 10) is off the path, sampling reruns at t 1
+            ("t1.0", [["w0.0001", "w0.01"], ["d0.001", "d0.1"], ["t1.0", "stop"], ["t1.0+stop", "k20+t1.0"],
+                      ["t1.0+a200"], []])):
+        def score(p):
+            return 1.0 if winner and moved(p).startswith(winner) and p["rrd_sampling"] == "sample" \
+                and p["rrd_k"] == 40 and p["de_anneal_epochs"] == 1000 else 0.0
+
+        serial = cd_grid.axis_search(axes, score, start, order)
+        batches = []
+        assert cd_grid.axis_search(axes, score, start, order, prefetch=batches.append, width=2) == serial
+        assert [[moved(p) for p in b] for b in batches] == expected
+        trained = sum(batches, [])
+        assert all(p in trained for p in serial[1][1:]) and len(trained) + 1 <= 13
+    # the budget binds: with room for only the path, nothing is speculated
+    batches = []
+    cd_grid.axis_search(axes, lambda p: 0.0, start, order, prefetch=batches.append, width=2, budget=9)
+    assert [len(b) for b in batches] == [2, 2, 1, 1, 1, 1]
+
+
 def test_method_grid_refuses_a_jobs_count_below_one(tmp_path):
     """--jobs 0 would never start a point: one clear line and a non-zero exit instead."""
     import os

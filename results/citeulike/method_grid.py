@@ -20,7 +20,8 @@ Two strategies over the same grid:
         --teacher_checkpoint cmp/bpr/teachers/BPR-citeulike-<key>.pth --out cmp/derrd-grid --strategy axis
     python results/citeulike/method_grid.py --model DERRD --out cmp/derrd-grid --summary   # table only
 
-``--jobs 2`` trains an axis's points side by side (each point's result is the same as alone).
+``--jobs 2`` trains an axis's points side by side (each point's result is the same as alone);
+a spare slot trains the next axis's point as if the best so far holds (see ``axis_search``).
 """
 
 import argparse
@@ -75,13 +76,19 @@ def point_name(params):
     return "_".join("%s=%s" % (k[3:] if k.startswith("cd_") else k, v) for k, v in params.items())
 
 
-def axis_search(axes, evaluate, start, order, prefetch=None):
+def axis_search(axes, evaluate, start, order, prefetch=None, width=1, budget=13):
     """One coordinate-search pass: ``evaluate(params) -> validation score`` (higher is better).
 
     Returns (best params, [params in the order evaluated]).  Ties keep the earlier point, so the
     start wins unless another value is strictly better.  ``prefetch(points)``, when given, is
     handed each axis's new points before they are evaluated: they differ only on that axis and
-    do not depend on each other's scores, so they may be trained side by side."""
+    do not depend on each other's scores, so they may be trained side by side.
+
+    ``width`` (the number of points trained side by side): when an axis has fewer new points than
+    that, the spare slots go to the next axes' points *as if the best so far stays best*, which
+    it usually does; such a point is off the search's path (trained but never compared) only when
+    the current axis moves the best.  Speculation stops where the points trained could exceed
+    ``budget`` (issue 18's 13 per method), so the path itself always fits."""
     values = dict(axes)
     missing = set(order) ^ set(values)
     if missing:
@@ -89,9 +96,19 @@ def axis_search(axes, evaluate, start, order, prefetch=None):
     if any(start[name] not in values[name] for name in order):
         raise ValueError("start point %s is not on the grid %s" % (start, values))
     best, best_score, seen = dict(start), evaluate(dict(start)), [dict(start)]
-    for name in order:
+    handed = [dict(start)]  # every point given to prefetch (trained), on the path or not
+    for index, name in enumerate(order):
         if prefetch:
-            prefetch([c for c in (dict(best, **{name: v}) for v in values[name]) if c not in seen])
+            batch = [c for c in (dict(best, **{name: v}) for v in values[name]) if c not in handed]
+            path_left = sum(len(values[n]) - 1 for n in order[index + 1:])
+            for later in order[index + 1:]:
+                for value in values[later]:
+                    guess = dict(best, **{later: value})
+                    if (len(batch) < width and guess not in handed and guess not in batch
+                            and len(handed) + len(batch) + path_left < budget):
+                        batch.append(guess)
+            handed += batch
+            prefetch(batch)
         for value in values[name]:
             candidate = dict(best, **{name: value})
             if candidate in seen:
@@ -222,7 +239,7 @@ def main():
 
     if args.strategy == "axis":
         best, seen = axis_search(axes, evaluate, STARTS[args.model], AXIS_ORDERS[args.model],
-                                 prefetch=prefetch if args.jobs > 1 else None)
+                                 prefetch=prefetch if args.jobs > 1 else None, width=args.jobs)
         print("axis search: %d points, best %s" % (len(seen), point_name(best)), flush=True)
     else:
         for values in itertools.product(*[v for _, v in axes]):
