@@ -196,6 +196,11 @@ def test_axis_search_fills_spare_slots_with_the_next_axis_as_if_the_best_holds(c
         assert [[moved(p) for p in b] for b in batches] == expected
         trained = sum(batches, [])
         assert all(p in trained for p in serial[1][1:]) and len(trained) + 1 <= 13
+    # a resumed search: finished points take no slot, so the pair is still filled
+    batches = []
+    cd_grid.axis_search(axes, lambda p: 0.0, start, order, prefetch=batches.append, width=2,
+                        finished=lambda p: p["rrd_weight"] == 0.0001)
+    assert [moved(p) for p in batches[0]] == ["w0.0001", "w0.01", "d0.001"]
     # the budget binds: with room for only the path, nothing is speculated
     batches = []
     cd_grid.axis_search(axes, lambda p: 0.0, start, order, prefetch=batches.append, width=2, budget=9)

@@ -76,7 +76,7 @@ def point_name(params):
     return "_".join("%s=%s" % (k[3:] if k.startswith("cd_") else k, v) for k, v in params.items())
 
 
-def axis_search(axes, evaluate, start, order, prefetch=None, width=1, budget=13):
+def axis_search(axes, evaluate, start, order, prefetch=None, width=1, budget=13, finished=None):
     """One coordinate-search pass: ``evaluate(params) -> validation score`` (higher is better).
 
     Returns (best params, [params in the order evaluated]).  Ties keep the earlier point, so the
@@ -88,7 +88,8 @@ def axis_search(axes, evaluate, start, order, prefetch=None, width=1, budget=13)
     that, the spare slots go to the next axes' points *as if the best so far stays best*, which
     it usually does; such a point is off the search's path (trained but never compared) only when
     the current axis moves the best.  Speculation stops where the points trained could exceed
-    ``budget`` (issue 18's 13 per method), so the path itself always fits."""
+    ``budget`` (issue 18's 13 per method), so the path itself always fits.  ``finished(params)``
+    says which points need no training (a resumed search): they take no slot."""
     values = dict(axes)
     missing = set(order) ^ set(values)
     if missing:
@@ -104,7 +105,8 @@ def axis_search(axes, evaluate, start, order, prefetch=None, width=1, budget=13)
             for later in order[index + 1:]:
                 for value in values[later]:
                     guess = dict(best, **{later: value})
-                    if (len(batch) < width and guess not in handed and guess not in batch
+                    slots = width - len([b for b in batch if not (finished and finished(b))])
+                    if (slots > 0 and guess not in handed and guess not in batch
                             and len(handed) + len(batch) + path_left < budget):
                         batch.append(guess)
             handed += batch
@@ -239,7 +241,8 @@ def main():
 
     if args.strategy == "axis":
         best, seen = axis_search(axes, evaluate, STARTS[args.model], AXIS_ORDERS[args.model],
-                                 prefetch=prefetch if args.jobs > 1 else None, width=args.jobs)
+                                 prefetch=prefetch if args.jobs > 1 else None, width=args.jobs,
+                                 finished=lambda p: os.path.exists(record_path(p)))
         print("axis search: %d points, best %s" % (len(seen), point_name(best)), flush=True)
     else:
         for values in itertools.product(*[v for _, v in axes]):
