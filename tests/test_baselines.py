@@ -156,13 +156,14 @@ def test_cd_grid_axis_search_walks_one_axis_at_a_time_from_the_fixed_start(cd_gr
         (0.1, 10.0, 10, 1.0), (0.1, 1000.0, 10, 1.0),  # gamma, weight held at 0.1
         (0.1, 10.0, 50, 1.0), (0.1, 10.0, 10, 5.0)]  # samples, then t: ties keep 10 and 1.0
     assert len(seen) == 10 and len({cd_grid.point_name(p) for p in seen}) == 10
-    # --jobs: each axis's new points are handed over together before any is evaluated, the
-    # same points in the same order, so a side-by-side search visits exactly what a serial one does
+    # --jobs: each axis's new points (the first axis's with the start) are handed over together
+    # before any is evaluated, the same points in the same order, so a side-by-side search visits
+    # exactly what a serial one does
     batches = []
     best_again, seen_again = cd_grid.axis_search(axes, score, cd_grid.STARTS["CD"], cd_grid.AXIS_ORDERS["CD"],
                                                  prefetch=batches.append)
     assert (best_again, seen_again) == (best, seen)
-    assert [len(b) for b in batches] == [5, 2, 1, 1] and sum(batches, []) == seen[1:]
+    assert [len(b) for b in batches] == [6, 2, 1, 1] and sum(batches, []) == seen
     with pytest.raises(ValueError, match="not on the grid"):
         cd_grid.axis_search(axes, score, dict(cd_grid.STARTS["CD"], cd_weight=0.5), cd_grid.AXIS_ORDERS["CD"])
 
@@ -181,11 +182,13 @@ def test_axis_search_fills_spare_slots_with_the_next_axis_as_if_the_best_holds(c
         return "+".join(diff) or "start"
 
     for winner, expected in (
-            # nothing beats the start: temperature shares with sampling, then k with the anneal
-            (None, [["w0.0001", "w0.01"], ["d0.001", "d0.1"], ["t1.0", "stop"], ["k20", "a200"], [], []]),
-            # temperature 1 wins: the speculated "top" (at t 10) is off the path, sampling reruns at t 1
-            ("t1.0", [["w0.0001", "w0.01"], ["d0.001", "d0.1"], ["t1.0", "stop"], ["t1.0+stop", "k20+t1.0"],
-                      ["t1.0+a200"], []])):
+            # nothing beats the start: it trains beside the first axis, whose odd round takes a
+            # de_weight point; an axis already trained (temperature, k) speculates nothing
+            (None, [["start", "w0.0001", "w0.01", "d0.001"], ["d0.1", "t1.0"], [], ["stop", "k20"], [],
+                    ["a200"]]),
+            # temperature 1 wins: nothing was speculated at t 10, so no point is off the path
+            ("t1.0", [["start", "w0.0001", "w0.01", "d0.001"], ["d0.1", "t1.0"], [],
+                      ["t1.0+stop", "k20+t1.0"], [], ["t1.0+a200"]])):
         def score(p):
             return 1.0 if winner and moved(p).startswith(winner) and p["rrd_sampling"] == "sample" \
                 and p["rrd_k"] == 40 and p["de_anneal_epochs"] == 1000 else 0.0
@@ -195,16 +198,21 @@ def test_axis_search_fills_spare_slots_with_the_next_axis_as_if_the_best_holds(c
         assert cd_grid.axis_search(axes, score, start, order, prefetch=batches.append, width=2) == serial
         assert [[moved(p) for p in b] for b in batches] == expected
         trained = sum(batches, [])
-        assert all(p in trained for p in serial[1][1:]) and len(trained) + 1 <= 13
-    # a resumed search: finished points take no slot, so the pair is still filled
+        assert all(p in trained for p in serial[1]) and len(trained) <= 13
+    # a resumed search: a finished point takes no slot (the start done, the first axis's pair is
+    # its two new points; unfinished, the start would leave one slot to speculate with)
     batches = []
     cd_grid.axis_search(axes, lambda p: 0.0, start, order, prefetch=batches.append, width=2,
-                        finished=lambda p: p["rrd_weight"] == 0.0001)
-    assert [moved(p) for p in batches[0]] == ["w0.0001", "w0.01", "d0.001"]
+                        finished=lambda p: p == start)
+    assert [moved(p) for p in batches[0]] == ["start", "w0.0001", "w0.01"]
     # the budget binds: with room for only the path, nothing is speculated
     batches = []
     cd_grid.axis_search(axes, lambda p: 0.0, start, order, prefetch=batches.append, width=2, budget=9)
-    assert [len(b) for b in batches] == [2, 2, 1, 1, 1, 1]
+    assert [len(b) for b in batches] == [3, 2, 1, 1, 1, 1]
+    # one slot (no prefetch): the serial search, the start first
+    evaluated = []
+    cd_grid.axis_search(axes, lambda p: evaluated.append(p) or 0.0, start, order)
+    assert evaluated[0] == start and len(evaluated) == 9
 
 
 def test_method_grid_refuses_a_jobs_count_below_one(tmp_path):

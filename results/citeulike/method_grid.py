@@ -84,9 +84,10 @@ def axis_search(axes, evaluate, start, order, prefetch=None, width=1, budget=13,
     handed each axis's new points before they are evaluated: they differ only on that axis and
     do not depend on each other's scores, so they may be trained side by side.
 
-    ``width`` (the number of points trained side by side): when an axis has fewer new points than
-    that, the spare slots go to the next axes' points *as if the best so far stays best*, which
-    it usually does; such a point is off the search's path (trained but never compared) only when
+    ``width`` (the number of points trained side by side): the start is handed with the first
+    axis's points; when an axis's untrained points leave its last round short of ``width``, the
+    spare slots go to the next axes' points *as if the best so far stays best*, which it usually
+    does; such a point is off the search's path (trained but never compared) only when
     the current axis moves the best.  Speculation stops where the points trained could exceed
     ``budget`` (issue 18's 13 per method), so the path itself always fits.  ``finished(params)``
     says which points need no training (a resumed search): they take no slot."""
@@ -96,21 +97,29 @@ def axis_search(axes, evaluate, start, order, prefetch=None, width=1, budget=13,
         raise ValueError("axis order and grid axes differ on %s" % sorted(missing))
     if any(start[name] not in values[name] for name in order):
         raise ValueError("start point %s is not on the grid %s" % (start, values))
-    best, best_score, seen = dict(start), evaluate(dict(start)), [dict(start)]
-    handed = [dict(start)]  # every point given to prefetch (trained), on the path or not
+    best, best_score, seen = dict(start), None, [dict(start)]
+    handed = []  # every point given to prefetch (trained), on the path or not
     for index, name in enumerate(order):
         if prefetch:
-            batch = [c for c in (dict(best, **{name: v}) for v in values[name]) if c not in handed]
+            # the start trains beside the first axis's points: they do not need its score
+            batch = []
+            for c in ([dict(start)] if index == 0 else []) + [dict(best, **{name: v}) for v in values[name]]:
+                if c not in handed and c not in batch:
+                    batch.append(c)
             path_left = sum(len(values[n]) - 1 for n in order[index + 1:])
             for later in order[index + 1:]:
                 for value in values[later]:
                     guess = dict(best, **{later: value})
-                    slots = width - len([b for b in batch if not (finished and finished(b))])
+                    # fill the batch's last round only: an axis whose points are all trained
+                    # already may still move the best, so it speculates nothing
+                    slots = -len([b for b in batch if not (finished and finished(b))]) % width
                     if (slots > 0 and guess not in handed and guess not in batch
                             and len(handed) + len(batch) + path_left < budget):
                         batch.append(guess)
             handed += batch
             prefetch(batch)
+        if best_score is None:
+            best_score = evaluate(dict(start))
         for value in values[name]:
             candidate = dict(best, **{name: value})
             if candidate in seen:
@@ -119,6 +128,8 @@ def axis_search(axes, evaluate, start, order, prefetch=None, width=1, budget=13,
             score = evaluate(candidate)
             if score > best_score:
                 best, best_score = candidate, score
+    if best_score is None:  # no axes
+        evaluate(dict(start))
     return best, seen
 
 
