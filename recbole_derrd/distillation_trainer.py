@@ -12,6 +12,7 @@ import torch
 from recbole.trainer import Trainer
 from recbole.utils import init_seed, set_color
 
+from recbole_derrd.numerics import flush_denormals
 from recbole_derrd.teacher import prepare_distillation
 from recbole_derrd.trainer import SafeCheckpointMixin
 
@@ -47,6 +48,7 @@ class DistillationTrainer(SafeCheckpointMixin, Trainer):
         # A bad ``resume`` fails here, before the teacher is trained.
         if self.config["resume"] and resume_checkpoint is None:
             resume_checkpoint = self.read_resume_checkpoint(self.config["resume"])
+        flush_denormals(self.config)  # this thread at least, when load_data did not run first
         prepare_distillation(self.model, train_data, valid_data, show_progress=show_progress)
         self.setup_seconds = self.model.terms_prepare_seconds or 0.0
         # The teacher may just have been trained (consuming random numbers) or loaded: restart

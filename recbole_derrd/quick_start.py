@@ -22,6 +22,7 @@ import recbole_derrd  # noqa: F401  (registration)
 from recbole_derrd.backbone_support import model_size
 from recbole_derrd.checkpoints import load_checkpoint
 from recbole_derrd.evaluation import comparable_test
+from recbole_derrd.numerics import flush_denormals
 from recbole_derrd.trainer import safe_trainer
 
 
@@ -35,6 +36,8 @@ def prepare(model, dataset, config_file_list, config_dict):
 def load_data(config):
     """RecBole's start of a run for a built ``config``: seed, logger, (dataset, train, valid, test)."""
     init_seed(config["seed"], config["reproducibility"])
+    # before the first parallel operation, so that torch's worker threads inherit the flags
+    flush_denormals(config)
     init_logger(config)
     logger = getLogger()
     logger.info(sys.argv)
