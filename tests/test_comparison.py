@@ -27,6 +27,15 @@ def test_comparison_writes_tables_and_plot_and_skips_finished_cells(tiny, tmp_pa
     assert [r["method"] for r in rows] == methods
     assert all(0 <= float(r["ndcg@10_mean"]) <= 1 for r in rows)
     data = json.load(open(os.path.join(out, "comparison.json")))
+    # every row's per-user test metrics are kept for later paired tests, the same the table used
+    kept = json.load(open(os.path.join(out, "per-user.json")))
+    assert kept["seeds"] == [0] and set(kept["rows"]) == set(methods) and kept["test_mode"] == "uni50"
+    student_cell = report["cells"][("Student", 0)]["per_user"]
+    assert kept["rows"]["Student"]["ndcg@10"] == pytest.approx(student_cell["ndcg@10"], abs=1e-6)
+    assert kept["n_users"] == len(student_cell["hit@10"])
+    against = comparison.paired_between(out, "Student", out, "DERRD")
+    listed = [t for t in data["tests"] if (t["method"], t["reference"], t["metric"]) == ("DERRD", "Student", "ndcg@10")]
+    assert against["p_value"] == pytest.approx(listed[0]["p_value"], rel=1e-3)
     # one teacher for the seed, prepared before the cells and shared by the five distilled methods
     assert list(data["teacher_seconds_this_run"]) == ["0"]
     assert len(glob.glob(os.path.join(out, "teachers", "*.pth"))) == 1
@@ -246,3 +255,54 @@ def test_each_pair_is_tested_once_against_the_student_first():
     assert pairs == [("Teacher", "Student"), ("Teacher", "HTD"), ("HTD", "Student")]
     assert [t["mean_diff"] for t in summary["tests"] if t["method"] == "HTD" and t["metric"] == "ndcg@10"] \
         == [pytest.approx(0.8 / 6)]  # per-user gaps .1 .1 .2 .1 .1 .2
+
+
+def _per_user_cells(values):
+    """cells {(method, seed): {"per_user": ..., "test_mode": ...}} from {(method, seed): ndcg list}."""
+    return {key: {"test_mode": "uni499", "per_user": {"ndcg@10": v, "hit@10": [float(x > 0) for x in v]}}
+            for key, v in values.items()}
+
+
+def test_per_user_record_averages_over_the_seeds_every_row_has(tmp_path):
+    cells = _per_user_cells({("A", 0): [0.0, 1.0, 0.5], ("A", 1): [1.0, 1.0, 0.0], ("A", 2): [0.2, 0.2, 0.2],
+                             ("B", 0): [0.5, 0.5, 0.5], ("B", 1): [0.0, 0.25, 1.0]})
+    cells[("Pop", 0)] = {"test_mode": "uni499"}  # a cell without per-user metrics is left out
+    record = comparison.per_user_record(cells, "citeulike, seeds [0, 1, 2], test mode uni499")
+    assert record["seeds"] == [0, 1] and record["n_users"] == 3 and record["dataset"] == "citeulike"
+    assert record["rows"]["A"]["ndcg@10"] == [0.5, 1.0, 0.25]  # seed 2 is not shared by B
+    assert record["rows"]["B"]["ndcg@10"] == [0.25, 0.375, 0.75]
+    assert record["rows"]["B"]["hit@10"] == [0.5, 1.0, 1.0]
+
+
+def test_paired_between_two_folders_checks_they_are_comparable(tmp_path):
+    from recbole_derrd.evaluation import paired_test
+
+    a = [i / 32 for i in range(20)]  # exact in the record's 6 decimals
+    b = [v + (1 / 32 if i % 3 else -1 / 64) for i, v in enumerate(a)]
+    for name, values in (("one", {("Student", 0): a}), ("two", {("IRRRD", 0): b})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "per-user.json").write_text(json.dumps(comparison.per_user_record(
+            _per_user_cells(values), "citeulike, seeds [0], test mode uni499")))
+    result = comparison.paired_between(str(tmp_path / "one"), "Student", str(tmp_path / "two"), "IRRRD")
+    expected = paired_test({"ndcg@10": a}, {"ndcg@10": b}, "ndcg@10")
+    assert result["p_value"] == pytest.approx(expected["p_value"]) and result["mean_diff"] == pytest.approx(
+        sum(y - x for x, y in zip(a, b)) / 20)
+    assert (result["method"], result["reference"]) == ("IRRRD", "Student")
+    with pytest.raises(ValueError, match="no row 'DERRD'"):
+        comparison.paired_between(str(tmp_path / "one"), "Student", str(tmp_path / "two"), "DERRD")
+    (tmp_path / "three").mkdir()
+    (tmp_path / "three" / "per-user.json").write_text(json.dumps(comparison.per_user_record(
+        _per_user_cells({("DERRD", 1): b}), "citeulike, seeds [1], test mode uni499")))
+    with pytest.raises(ValueError, match="differ in seeds"):
+        comparison.paired_between(str(tmp_path / "one"), "Student", str(tmp_path / "three"), "DERRD")
+    # the script: one line per metric; a refused pair is one line and a non-zero exit
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "paired.py")
+    done = subprocess.run([sys.executable, script, str(tmp_path / "one"), "Student", str(tmp_path / "two"), "IRRRD"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("IRRRD - Student, ndcg@10: +0.0")
+    refused = subprocess.run([sys.executable, script, str(tmp_path / "one"), "Student", str(tmp_path / "three"),
+                              "DERRD"], capture_output=True, text=True)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "differ in seeds" in refused.stderr

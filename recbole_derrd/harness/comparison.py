@@ -429,8 +429,54 @@ def write_outputs(summary, cells, out_dir, title):
     paths["json"] = atomic_write_text(os.path.join(out_dir, "comparison.json"), json.dumps(
         {"title": title, **{k: v for k, v in summary.items()},
          "cells": [{k: v for k, v in c.items() if k != "per_user"} for c in cells.values()]}, indent=1))
+    paths["per_user"] = atomic_write_text(os.path.join(out_dir, PER_USER_FILE), json.dumps(
+        per_user_record(cells, title)))
     paths["png"] = plot(summary, os.path.join(out_dir, "comparison.png"))
     return paths
+
+
+#: each row's per-user test metrics, averaged over its seeds: what the paired tests use, kept so
+#: that a later run (another folder) can be tested against these rows user by user
+PER_USER_FILE = "per-user.json"
+
+
+def per_user_record(cells, title):
+    """{title, seeds, n_users, rows: {method: {metric: [per user, mean over seeds]}}}.
+
+    Only methods whose every cell has per-user metrics, over the seeds they all share."""
+    by_method = {}
+    for (method, seed), cell in cells.items():
+        if cell.get("per_user"):
+            by_method.setdefault(method, {})[seed] = cell["per_user"]
+    seed_sets = [set(runs) for runs in by_method.values()]
+    seeds = sorted(set.intersection(*seed_sets)) if seed_sets else []
+    rows = {method: {m: [round(float(v), 6) for v in values]
+                     for m, values in per_user_over_seeds([runs[s] for s in seeds]).items()}
+            for method, runs in by_method.items()} if seeds else {}
+    n_users = len(next(iter(next(iter(rows.values())).values()))) if rows else 0
+    modes = sorted({str(cell.get("test_mode")) for cell in cells.values()})
+    return {"title": title, "dataset": title.split(",", 1)[0], "test_mode": ",".join(modes), "seeds": seeds,
+            "n_users": n_users, "metrics": list(PAIRED_METRICS), "rows": rows}
+
+
+def paired_between(path_a, method_a, path_b, method_b, metric="ndcg@10"):
+    """Wilcoxon test of row ``method_b`` of one comparison's per-user.json against row
+    ``method_a`` of another's: the same users, seeds and test protocol are required (checked)."""
+    records = []
+    for path, method in ((path_a, method_a), (path_b, method_b)):
+        if os.path.isdir(path):
+            path = os.path.join(path, PER_USER_FILE)
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+        if method not in record.get("rows", {}):
+            raise ValueError("%s has no row %r (rows: %s)" % (path, method, sorted(record.get("rows", {}))))
+        records.append((path, record))
+    (pa, a), (pb, b) = records
+    for key in ("dataset", "test_mode", "seeds", "n_users"):
+        if a.get(key) != b.get(key):
+            raise ValueError("%s and %s differ in %s (%r vs %r): a per-user test needs the same dataset, "
+                             "protocol, seeds and users" % (pa, pb, key, a.get(key), b.get(key)))
+    return dict(paired_test(a["rows"][method_a], b["rows"][method_b], metric), method=method_b, reference=method_a)
 
 
 def plot(summary, path, metric="ndcg@10"):
