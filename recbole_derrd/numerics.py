@@ -7,8 +7,8 @@ decays the same way for every parameter without gradient. Both pass through the 
 arithmetic operation with a denormal operand or result takes a slow microcode path: on
 CiteULike DE's batched expert products and the fused Adam step ran 4-13x slower once tau had
 sharpened, which made DE-RRD's epochs 2-3x slower for much of its run (benchmarks/RESULTS.md,
-"Denormal floats"). Treating them as zero changes no result a float32 sum can show: a denormal
-is below the rounding step of any normal partial sum.
+"Denormal floats"). Treating them as zero changes a float32 result only where that result is
+itself below ~1e-31 (a denormal is below the rounding step of any larger partial sum).
 
 The CPU's flush-to-zero and denormals-are-zero flags belong to each thread. Set before the
 first parallel torch operation (``quick_start.load_data`` does, before the dataset is built),
