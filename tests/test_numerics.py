@@ -19,7 +19,10 @@ class _Missing(dict):
 
 
 @pytest.fixture(autouse=True)
-def ieee_after():
+def ieee_around():
+    """Each test starts and ends with IEEE behaviour: an earlier plugin run in this process
+    (any end-to-end test) leaves flush-to-zero on."""
+    torch.set_flush_denormal(False)
     yield
     torch.set_flush_denormal(False)
 
