@@ -22,11 +22,10 @@ def main(argv=None):
     parser.add_argument("folder")
     parser.add_argument("row")
     args = parser.parse_args(argv)
-    from recbole_derrd.harness.comparison import PAIRED_METRICS, paired_between
+    from recbole_derrd.harness.comparison import paired_between
 
     try:
-        results = [paired_between(args.reference_folder, args.reference_row, args.folder, args.row, metric)
-                   for metric in PAIRED_METRICS]
+        results = paired_between(args.reference_folder, args.reference_row, args.folder, args.row)
     except (OSError, ValueError) as error:
         sys.exit("paired.py: %s" % error)
     for r in results:

@@ -33,7 +33,7 @@ def test_comparison_writes_tables_and_plot_and_skips_finished_cells(tiny, tmp_pa
     student_cell = report["cells"][("Student", 0)]["per_user"]
     assert kept["rows"]["Student"]["ndcg@10"] == pytest.approx(student_cell["ndcg@10"], abs=1e-6)
     assert kept["n_users"] == len(student_cell["hit@10"])
-    against = comparison.paired_between(out, "Student", out, "DERRD")
+    against, = comparison.paired_between(out, "Student", out, "DERRD", metrics=("ndcg@10",))
     listed = [t for t in data["tests"] if (t["method"], t["reference"], t["metric"]) == ("DERRD", "Student", "ndcg@10")]
     assert against["p_value"] == pytest.approx(listed[0]["p_value"], rel=1e-3)
     # one teacher for the seed, prepared before the cells and shared by the five distilled methods
@@ -283,7 +283,8 @@ def test_paired_between_two_folders_checks_they_are_comparable(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "per-user.json").write_text(json.dumps(comparison.per_user_record(
             _per_user_cells(values), "citeulike, seeds [0], test mode uni499")))
-    result = comparison.paired_between(str(tmp_path / "one"), "Student", str(tmp_path / "two"), "IRRRD")
+    result, hits = comparison.paired_between(str(tmp_path / "one"), "Student", str(tmp_path / "two"), "IRRRD")
+    assert (result["metric"], hits["metric"]) == ("ndcg@10", "hit@10")
     expected = paired_test({"ndcg@10": a}, {"ndcg@10": b}, "ndcg@10")
     assert result["p_value"] == pytest.approx(expected["p_value"]) and result["mean_diff"] == pytest.approx(
         sum(y - x for x, y in zip(a, b)) / 20)

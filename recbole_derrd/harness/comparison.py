@@ -459,9 +459,10 @@ def per_user_record(cells, title):
             "n_users": n_users, "metrics": list(PAIRED_METRICS), "rows": rows}
 
 
-def paired_between(path_a, method_a, path_b, method_b, metric="ndcg@10"):
-    """Wilcoxon test of row ``method_b`` of one comparison's per-user.json against row
-    ``method_a`` of another's: the same users, seeds and test protocol are required (checked)."""
+def paired_between(path_a, method_a, path_b, method_b, metrics=PAIRED_METRICS):
+    """Wilcoxon tests (one per metric) of row ``method_b`` of one comparison's per-user.json
+    against row ``method_a`` of another's: the same users, seeds and test protocol are required
+    (checked)."""
     records = []
     for path, method in ((path_a, method_a), (path_b, method_b)):
         if os.path.isdir(path):
@@ -476,7 +477,8 @@ def paired_between(path_a, method_a, path_b, method_b, metric="ndcg@10"):
         if a.get(key) != b.get(key):
             raise ValueError("%s and %s differ in %s (%r vs %r): a per-user test needs the same dataset, "
                              "protocol, seeds and users" % (pa, pb, key, a.get(key), b.get(key)))
-    return dict(paired_test(a["rows"][method_a], b["rows"][method_b], metric), method=method_b, reference=method_a)
+    return [dict(paired_test(a["rows"][method_a], b["rows"][method_b], metric), method=method_b, reference=method_a)
+            for metric in metrics]
 
 
 def plot(summary, path, metric="ndcg@10"):
