@@ -244,6 +244,65 @@ def test_de_rows_epoch_distils_every_entity_once_per_epoch(tiny, monkeypatch):
     assert not torch.equal(calls[0][0], users[0])
 
 
+def _rrd_by_hand(net, users):
+    """RRD's raw loss over ``users``' lists of this epoch, from the embeddings."""
+    from recbole_derrd.distillation import relaxed_ranking_loss
+
+    term, student = net.term("RRD"), net.student
+    items = term.lists.index_select(0, users)
+    scores = (student.user_embedding(users).unsqueeze(1) * student.item_embedding(items)).sum(-1)
+    return relaxed_ranking_loss(scores[:, : term.k], scores[:, term.k:])
+
+
+def test_rrd_max_rows_ranks_a_sample_of_the_batch_users_and_rescales(tiny):
+    _, net, train, _, _ = build("DERRD", dict(tiny, rrd_max_rows=5))
+    term, batch = net.term("RRD"), next(iter(train))
+    users = torch.unique(batch["user_id"])
+    assert len(users) > 5
+    generator = torch.Generator()
+    generator.set_state(term._generator.get_state())
+    kept = users[torch.randperm(len(users), generator=generator)[:5]]  # the draw the term will make
+    bound = net.batch(batch)
+    loss = term.raw_loss(bound)
+    # each kept user stands for (distinct users / kept users) of the paper's rows
+    expected = _rrd_by_hand(net, kept) * (len(users) / 5)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert bound.ranked_items.shape == (5, term.k + term.l)  # what IR would regularise: the kept lists
+
+
+def test_rrd_max_rows_is_unbiased_and_off_when_it_does_not_bind(tiny):
+    _, paper, train, _, _ = build("DERRD", dict(tiny))
+    batch = next(iter(train))
+    users = torch.unique(batch["user_id"])
+    full = paper.term("RRD").raw_loss(paper.batch(batch)).item()
+    assert full == pytest.approx(_rrd_by_hand(paper, users).item(), rel=1e-5)
+    _, roomy, _, _, _ = build("DERRD", dict(tiny, rrd_max_rows=100000))
+    assert roomy.term("RRD").raw_loss(roomy.batch(batch)).item() == pytest.approx(full, rel=1e-6)
+    _, capped, _, _, _ = build("DERRD", dict(tiny, rrd_max_rows=4))
+    with torch.no_grad():
+        draws = torch.tensor([capped.term("RRD").raw_loss(capped.batch(batch)).item() for _ in range(400)])
+    assert len(set(draws.tolist())) > 100  # users really are redrawn per batch
+    standard_error = draws.std().item() / 20
+    assert abs(draws.mean().item() - full) < 4 * standard_error
+
+
+def test_rrd_max_rows_draws_the_same_users_for_the_same_epoch(tiny, monkeypatch):
+    _, net, train, _, _ = build("RRD", dict(tiny, rrd_max_rows=3))
+    term, batch = net.term("RRD"), next(iter(train))
+    ranked, plain_lists = [], term.lists_of
+    monkeypatch.setattr(term, "lists_of", lambda rows, b=None: ranked.append(rows.clone()) or plain_lists(rows, b))
+
+    def kept_users(epoch):
+        net.start_epoch(epoch)
+        term.raw_loss(net.batch(batch))
+        return ranked[-1]
+
+    first = kept_users(2)
+    assert len(first) == 3 and set(first.tolist()) <= set(batch["user_id"].tolist())
+    assert torch.equal(kept_users(2), first)  # a resumed epoch ranks the same users' lists
+    assert any(not torch.equal(kept_users(e), first) for e in (3, 4, 5))
+
+
 def test_reference_implementation_gives_the_same_losses(tiny, monkeypatch):
     """kd_implementation: reference (the official code's computation) == the fast paths."""
     _noise_free(monkeypatch)
@@ -274,6 +333,7 @@ def test_tau_follows_epochs(tiny):
     ("rrd_temperature", -2.0, "rrd_temperature=-2.0"),
     ("rrd_sampling", "best", "rrd_sampling='best'"),
     ("rrd_l", 200, "rrd_top_n \\+ rrd_l = 220 needs 220 unobserved items per user"),
+    ("rrd_max_rows", -3, "rrd_max_rows=-3"),
 ])
 def test_bad_settings_are_clear_errors(tiny, key, value, message):
     with pytest.raises(ValueError, match=message):
@@ -283,6 +343,8 @@ def test_bad_settings_are_clear_errors(tiny, key, value, message):
 @pytest.mark.parametrize("settings,message", [
     (dict(de_rows="epoch", de_max_rows=10), "de_max_rows=10 applies to de_rows='batch' only"),
     (dict(kd_implementation="reference", de_rows="epoch"), "kd_implementation='reference' computes the paper's"),
+    (dict(kd_implementation="reference", de_rows="batch", rrd_max_rows=8),
+     "computes the paper's RRD rows: it needs rrd_max_rows=0"),
 ])
 def test_conflicting_de_settings_are_clear_errors(tiny, settings, message):
     with pytest.raises(ValueError, match=message):

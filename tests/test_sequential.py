@@ -238,6 +238,8 @@ def test_sequential_refusals_name_the_key_and_the_reason(workdir, tiny_seq):
         Config(model="RRD", config_dict=dict(tiny_seq, teacher_model="FPMC"))
     with pytest.raises(ValueError, match=r"rrd_top_n \+ rrd_l = 200 needs that many items"):
         run_recbole("RRD", config_dict=dict(tiny_seq, rrd_top_n=150, rrd_l=50), saved=False)
+    with pytest.raises(ValueError, match=r"rrd_max_rows=8 applies to general backbones"):
+        run_recbole("RRD", config_dict=dict(tiny_seq, rrd_max_rows=8), saved=False)
     # RecBole writes a None back as a dict of distribution 'none': no negatives either way
     from recbole_derrd.config import samples_negatives
 

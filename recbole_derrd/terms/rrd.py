@@ -17,7 +17,8 @@ import torch
 from recbole_derrd.distillation import RRDSampler, reference_relaxed_ranking_loss, relaxed_ranking_loss
 from recbole_derrd.distillation.query_lists import QueryListSampler
 from recbole_derrd.terms.base import (KD_IMPLEMENTATIONS, DistillationTerm, boolean, check_room, non_negative,
-                                      one_of, positive, positive_int)
+                                      non_negative_int, one_of, positive, positive_int)
+from recbole_derrd.terms.rows import stream_seed, uniform_subset
 
 RRD_SAMPLING = ("sample", "top")
 
@@ -68,14 +69,23 @@ class RankedListsTerm(DistillationTerm):
 class RRD(RankedListsTerm):
     """Per user and epoch, K interesting items drawn from the teacher's top-N (rank-discounted
     with temperature T, or its top K) and L uninteresting items from the rest; the student must
-    rank the interesting ones in the teacher's order above the uninteresting ones."""
+    rank the interesting ones in the teacher's order above the uninteresting ones.
+
+    The paper ranks the lists of every distinct user of a batch, so a user is distilled again in
+    every batch that holds one of its interactions (about its interaction count per epoch, up to
+    the batches per epoch): RRD's cost grows with interactions per user.  ``rrd_max_rows: k``
+    (general backbones) ranks a uniform sample without replacement of at most k of the batch's
+    distinct users, the loss scaled by (distinct users / kept users): the same batch loss in
+    expectation, as ``de_max_rows`` is for DE.
+    """
 
     name = "RRD"
     prefix = "rrd"
     sequential_queries = True
 
-    def __init__(self, context, weight, top_n, k, l, temperature, sampling, reference=False):
+    def __init__(self, context, weight, top_n, k, l, temperature, sampling, reference=False, max_rows=0):
         super().__init__(context, weight, top_n, k, l, temperature, sampling)
+        self.max_rows = max_rows
         self.loss_function = reference_relaxed_ranking_loss if reference else relaxed_ranking_loss
         self.teacher = context.teacher
         self.context = context
@@ -88,6 +98,13 @@ class RRD(RankedListsTerm):
         settings = cls.list_settings(config)
         top_n, l = settings[1], settings[3]
         reference = one_of(config, "kd_implementation", KD_IMPLEMENTATIONS) == "reference"
+        max_rows = non_negative_int(config, "rrd_max_rows")
+        if max_rows and context.sequential:
+            raise ValueError("rrd_max_rows=%r applies to general backbones (a sequential batch's rows are "
+                             "its prefixes, each in one batch per epoch already)" % (max_rows,))
+        if max_rows and reference:
+            raise ValueError("kd_implementation='reference' computes the paper's RRD rows: it needs "
+                             "rrd_max_rows=0 (got %r)" % (max_rows,))
         if context.sequential:
             context.exclude_prefix_items = boolean(config, "rrd_exclude_prefix_items")
             excluded = 1 + (context.max_prefix_length if context.exclude_prefix_items else 0)
@@ -99,7 +116,7 @@ class RRD(RankedListsTerm):
         else:
             # Fail before the teacher is trained if some user cannot get N + L distinct items.
             check_room(context, top_n + l, "rrd_top_n + rrd_l = %d" % (top_n + l))
-        return cls(context, *settings, reference)
+        return cls(context, *settings, reference, max_rows)
 
     def prepare(self, context, train_matrix):
         if self.sampler is not None:
@@ -115,6 +132,8 @@ class RRD(RankedListsTerm):
 
     def start_epoch(self, epoch):
         if not self.sequential:
+            # one stream per (seed, epoch) for rrd_max_rows' draws: a resumed run draws the same
+            self._generator.manual_seed(stream_seed("rrd-rows", self.seed, epoch))
             return super().start_epoch(epoch)
         if self.sampler is None:
             raise RuntimeError("RRD must be trained with its DistillationTrainer (teacher not prepared)")
@@ -142,7 +161,13 @@ class RRD(RankedListsTerm):
         return self.sampler.lists(top, batch.excluded, self._generator)
 
     def raw_loss(self, batch):
-        items = self.lists_of(batch.users, batch)
+        users = batch.users
+        if self.max_rows:
+            users = uniform_subset(users, self.max_rows, self._generator)
+        items = self.lists_of(users, batch)
         batch.ranked_items = items  # what an item-side term in the same model regularises (IR)
-        scores = self.student.score(batch.users, items)
-        return self.loss_function(scores[:, : self.k], scores[:, self.k:])
+        scores = self.student.score(users, items)
+        loss = self.loss_function(scores[:, : self.k], scores[:, self.k:])
+        if users.numel() == batch.users.numel():
+            return loss
+        return loss * (batch.users.numel() / users.numel())
