@@ -148,7 +148,7 @@ def rows_to_run(args):
     """[(label, method, extra settings)] in table order."""
     rows = [(m, m, {}) for m in parse_methods(args.methods, args.reference_epochs, args.no_reference)]
     rows += [(label, "DERRD", extra) for label, extra in parse_variants(args.variant).items()]
-    reference = {"kd_implementation": "reference", "de_rows": "batch", "de_max_rows": 0, "rrd_max_rows": 0}
+    reference = {"kd_implementation": "reference", "de_rows": "batch", "de_max_rows": 0, "de_every": 1, "rrd_max_rows": 0}
     if args.reference_epochs:
         reference["epochs"] = args.reference_epochs
     if not args.no_reference:

@@ -244,6 +244,53 @@ def test_de_rows_epoch_distils_every_entity_once_per_epoch(tiny, monkeypatch):
     assert not torch.equal(calls[0][0], users[0])
 
 
+
+def test_de_every_distils_one_batch_in_k_with_k_times_the_loss(tiny, monkeypatch):
+    _noise_free(monkeypatch)
+    _, every, train, _, _ = build("DE", dict(tiny, de_rows="batch", de_every=3))
+    _, paper, _, _, _ = build("DE", dict(tiny, de_rows="batch"))
+    batches = list(train)
+    assert len(batches) >= 4
+    experts = list(every.user_experts.parameters()) + list(every.item_experts.parameters())
+    for step, batch in enumerate(batches):
+        every.zero_grad(set_to_none=True)
+        loss = every.term("DE").raw_loss(every.batch(batch))
+        if step % 3:
+            # skipped: no loss and no gradient, so the optimizer leaves the experts alone
+            assert loss.item() == 0 and not loss.requires_grad
+            assert all(p.grad is None for p in experts)
+        else:
+            # the same weights on both models: the batch's paper loss, times k
+            expected = paper.term("DE").raw_loss(paper.batch(batch)).item()
+            assert loss.item() == pytest.approx(3 * expected, rel=1e-5)
+            loss.backward()
+            assert all(p.grad is not None for p in experts)
+    # a new epoch starts the count again: its first batch distils
+    every.start_epoch(1)
+    assert every.term("DE").raw_loss(every.batch(batches[1])).requires_grad
+
+
+def test_de_every_with_epoch_rows_keeps_each_entity_once_per_epoch(tiny, monkeypatch):
+    _noise_free(monkeypatch)
+    _, net, train, _, _ = build("DE", dict(tiny, de_rows="epoch", de_every=2))
+    term = net.term("DE")
+    calls = _recorded_parts(term, monkeypatch)
+    masses = []
+    for step, batch in enumerate(train):
+        term.raw_loss(net.batch(batch))
+        if step % 2 == 0:
+            distinct_items = len(torch.unique(batch["item_id"])) + len(torch.unique(batch["neg_item_id"]))
+            masses.append((len(torch.unique(batch["user_id"])), 0.5 * distinct_items))
+    assert len(calls) == 2 * len(masses) == 2 * -(-len(train) // 2)
+    users = torch.cat([ids for ids, _ in calls[0::2]])
+    items = torch.cat([ids for ids, _ in calls[1::2]])
+    assert sorted(users.tolist()) == list(range(1, net.n_users))
+    assert sorted(items.tolist()) == list(range(1, net.n_items))
+    # each row weighs what it weighs with de_every 1: the batch's mass times k over k times the rows
+    for (u_ids, u_w), (i_ids, i_w), (u_mass, i_mass) in zip(calls[0::2], calls[1::2], masses):
+        assert u_w == pytest.approx(2 * u_mass / len(u_ids)) and i_w == pytest.approx(2 * i_mass / len(i_ids))
+
+
 def _rrd_by_hand(net, users):
     """RRD's raw loss over ``users``' lists of this epoch, from the embeddings."""
     from recbole_derrd.distillation import relaxed_ranking_loss
@@ -328,6 +375,8 @@ def test_tau_follows_epochs(tiny):
     ("de_rows", "all", "de_rows='all' must be one of"),
     ("de_max_rows", -1, "de_max_rows=-1"),
     ("de_max_rows", 2.5, "de_max_rows=2.5"),
+    ("de_every", 0, "de_every=0 must be a positive integer"),
+    ("de_every", 1.5, "de_every=1.5"),
     ("kd_implementation", "slow", "kd_implementation='slow'"),
     ("rrd_k", 30, "rrd_k=30 must not exceed rrd_top_n=20"),
     ("rrd_temperature", -2.0, "rrd_temperature=-2.0"),
@@ -343,6 +392,7 @@ def test_bad_settings_are_clear_errors(tiny, key, value, message):
 @pytest.mark.parametrize("settings,message", [
     (dict(de_rows="epoch", de_max_rows=10), "de_max_rows=10 applies to de_rows='batch' only"),
     (dict(kd_implementation="reference", de_rows="epoch"), "kd_implementation='reference' computes the paper's"),
+    (dict(kd_implementation="reference", de_rows="batch", de_every=2), "de_every=1 \\(got 'batch', 0 and 2\\)"),
     (dict(kd_implementation="reference", de_rows="batch", rrd_max_rows=8),
      "computes the paper's RRD rows: it needs rrd_max_rows=0"),
 ])
