@@ -60,6 +60,36 @@ def test_summary_line_has_the_recorded_form(ttq):
                         r"reference/DE-RRD \S+x \(CiteULike\)", ttq.summary_line(None, {}))
 
 
+def test_summary_row_lets_a_variant_stand_for_derrd(ttq):
+    times = {"Student": 100.0, "DERRD": 210.0, "every32cap64": 160.0}
+    chosen = ttq.summary_row(times, "every32cap64", "ml1m-shaped")
+    assert chosen["DERRD"] == 160.0 and chosen["every32cap64"] == 160.0 and times["DERRD"] == 210.0
+    assert "1.60x (ML-1M-shaped)" in ttq.summary_line(None, chosen)
+    with pytest.raises(SystemExit, match="--derrd_row ml1m-shaped=nope: no such row"):
+        ttq.summary_row(times, "nope", "ml1m-shaped")
+
+
+def test_summary_reads_two_runs_and_refuses_an_unknown_dataset(ttq, tmp_path, capsys):
+    def run_dir(name, dataset, times):
+        folder = tmp_path / name
+        folder.mkdir()
+        cells = [{"label": label, "seed": 0, "seconds_to_best": t, "fit_seconds": t, "best_epoch": 9,
+                  "last_epoch": 9, "best_valid_result": {"ndcg@10": 0.3}, "test_result": {"ndcg@10": 0.3}}
+                 for label, t in times.items()]
+        (folder / "time_to_quality.json").write_text(json.dumps(
+            {"dataset": dataset, "seeds": [0], "reference_epochs": 0, "cells": cells}))
+        return str(folder)
+
+    cite = run_dir("c", "citeulike", {"Student": 100.0, "DERRD": 150.0})
+    ml1m = run_dir("m", "ml1m-shaped", {"Student": 100.0, "DERRD": 210.0, "every32cap64": 160.0})
+    ttq.main(["--summary", cite, ml1m, "--derrd_row", "ml1m-shaped=every32cap64"])
+    out = capsys.readouterr().out
+    assert "DE-RRD in the summary line (ml1m-shaped): the row every32cap64." in out
+    assert "DE-RRD/student 1.50x (CiteULike), 1.60x (ML-1M-shaped)" in out
+    with pytest.raises(SystemExit, match="--derrd_row: no run of ml-1m among"):
+        ttq.main(["--summary", cite, ml1m, "--derrd_row", "ml-1m=every32cap64"])
+
+
 def test_table_against_hand_values(ttq):
     def cell(label, seed, to_best, fit, best, last, valid, test):
         return {"label": label, "seed": seed, "seconds_to_best": to_best, "fit_seconds": fit, "best_epoch": best,
