@@ -244,7 +244,6 @@ def test_de_rows_epoch_distils_every_entity_once_per_epoch(tiny, monkeypatch):
     assert not torch.equal(calls[0][0], users[0])
 
 
-
 def test_de_every_distils_one_batch_in_k_with_k_times_the_loss(tiny, monkeypatch):
     _noise_free(monkeypatch)
     _, every, train, _, _ = build("DE", dict(tiny, de_rows="batch", de_every=3))
