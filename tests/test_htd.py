@@ -108,6 +108,58 @@ def test_the_term_assembles_group_assignment_and_topology(tiny):
     assert term.tau == pytest.approx(1e-5)
 
 
+def test_epoch_rows_move_the_group_assignment_to_the_rotation(tiny):
+    """htd_rows: epoch -- GA on the rotation's next users and items, each side weighted by the
+    batch's distinct rows / rows used; the groups and the topology stay the batch's."""
+    from recbole_derrd.terms.rows import Rotation, stream_seed
+
+    config, net, train = build(dict(tiny, htd_rows="epoch", **SMALL_HTD))
+    term = net.term("HTD")
+    interaction = next(iter(train))
+    batch = net.batch(interaction)
+    users = batch.users
+    items = torch.unique(torch.cat([batch.positives, batch.negatives]))
+    student, teacher = net.student_adapter, net.teacher_adapter
+    generator = torch.Generator().manual_seed(stream_seed("htd-rows", config["seed"], 0))
+    shares = (term.batches_per_epoch, 0, 1)
+    rotated_users = Rotation(term.n_users, generator, *shares).next(users.device)
+    rotated_items = Rotation(term.n_items, generator, *shares).next(users.device)
+    assert term.batches_per_epoch == len(train) > 1 and 0 < len(rotated_users) < term.n_users
+    with torch.no_grad():
+        t_users, t_items = teacher.user_repr(users), teacher.item_repr(items)
+        groups = torch.cat([term.user_experts.selection(t_users).argmax(-1),
+                            term.item_experts.selection(t_items).argmax(-1) + 3])
+        topology = hierarchical_topology_loss(torch.cat([student.user_repr(users), student.item_repr(items)]),
+                                              torch.cat([t_users, t_items]), groups)
+        torch.manual_seed(7)  # the Gumbel noise, users' first
+        assignment = (term.user_experts.loss(student.user_repr(rotated_users), teacher.user_repr(rotated_users),
+                                             term.tau) * (len(users) / len(rotated_users))
+                      + term.item_experts.loss(student.item_repr(rotated_items), teacher.item_repr(rotated_items),
+                                               term.tau) * (len(items) / len(rotated_items)))
+        torch.manual_seed(7)
+        loss = term.raw_loss(batch)
+    torch.testing.assert_close(loss, 0.5 * topology + 0.5 * assignment)
+
+
+def test_epoch_rows_cover_every_entity_once_and_survive_a_resume(tiny):
+    config, net, train = build(dict(tiny, htd_rows="epoch", **SMALL_HTD))
+    term = net.term("HTD")
+
+    def epoch_rows(epoch):
+        net.start_epoch(epoch)
+        return [torch.cat([rotation.next(torch.device("cpu")) for _ in range(term.batches_per_epoch)])
+                for rotation in (term._user_rotation, term._item_rotation)]
+
+    first_users, first_items = epoch_rows(3)
+    assert sorted(first_users.tolist()) == list(range(1, term.n_users))  # 0 is RecBole's padding
+    assert sorted(first_items.tolist()) == list(range(1, term.n_items))
+    again_users, again_items = epoch_rows(3)  # a resumed epoch draws the same rows
+    assert torch.equal(first_users, again_users) and torch.equal(first_items, again_items)
+    assert not torch.equal(epoch_rows(4)[0], first_users)
+    with pytest.raises(ValueError, match="htd_rows"):
+        build(dict(tiny, htd_rows="all", **SMALL_HTD))
+
+
 def test_htd_trains_through_recbole_and_checks_its_keys(tiny):
     result = run_recbole("HTD", config_dict=dict(tiny, **SMALL_HTD), saved=True)
     assert 0 <= result["test_result"]["ndcg@10"] <= 1

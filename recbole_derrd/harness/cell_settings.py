@@ -24,7 +24,7 @@ SETTINGS_FILE = "cell-settings.json"
 #: plugin keys added after cells began recording their settings, with the value at which a run is
 #: what it was before the key existed: described only when set otherwise, so that cells recorded
 #: earlier stay reusable under the new key's default
-ADDED_KEYS = {"ir_rows": "batch", "ir_max_rows": 0, "rrd_max_rows": 0, "de_every": 1}
+ADDED_KEYS = {"ir_rows": "batch", "ir_max_rows": 0, "rrd_max_rows": 0, "de_every": 1, "htd_rows": "batch"}
 
 
 def _backbone_settings(config, extra_keys=()):

@@ -13,7 +13,11 @@ Per batch, over its distinct users and its distinct (positive and negative) item
   group prototype (group level), cosine similarities of the student's own representations
   against the teacher's.
 
-raw loss = alpha * TD + (1 - alpha) * GA.  The defaults are those of the authors' published
+raw loss = alpha * TD + (1 - alpha) * GA.  ``htd_rows: epoch`` computes GA, the costly part while
+tau is high (every row through every expert), on each user and item about once per epoch (the
+next 1/B of a per-epoch random order, scaled by batch rows / rows used: DE's ``de_rows: epoch``)
+instead of on the batch's rows; the groups and the topology stay the batch's.  The defaults are
+those of the authors' published
 example (K = 30, alpha = 0.5, weight 1e-3, the temperature from 1 to 1e-10 over the run's
 epochs; it ran 100).  Their code also has a group-level variant relating prototypes to
 prototypes, computed entirely without gradient there; it is not offered.
@@ -23,8 +27,12 @@ import torch
 
 from recbole_derrd.distillation import DistillationExperts, tau_at_epoch
 from recbole_derrd.distillation.topology import hierarchical_topology_loss
-from recbole_derrd.terms.base import (DistillationTerm, boolean, expert_schedule, non_negative, number,
+from recbole_derrd.terms.base import (DistillationTerm, boolean, expert_schedule, non_negative, number, one_of,
                                       positive_int)
+from recbole_derrd.terms.rows import Rotation, rank_and_world_size, stream_seed
+
+#: ``htd_rows``: which rows the group assignment distils (see the module docstring)
+HTD_ROWS = ("batch", "epoch")
 
 
 class HTD(DistillationTerm):
@@ -34,8 +42,13 @@ class HTD(DistillationTerm):
     needs_representations = True
 
     def __init__(self, context, weight, alpha, num_groups, tau_start, tau_end, anneal_epochs, threshold,
-                 positive_pairs_only=True):
+                 positive_pairs_only=True, rows="batch"):
         super().__init__(weight)
+        self.rows, self.seed = rows, context.seed
+        self.n_users, self.n_items = context.n_users, context.n_items
+        self.batches_per_epoch, self.rank, self.world_size = None, 0, 1
+        self._generator = torch.Generator()
+        self._user_rotation = self._item_rotation = None
         self.student, self.teacher = context.student, context.teacher
         if self.student.user_dim != self.student.item_dim or self.teacher.user_dim != self.teacher.item_dim:
             raise ValueError(
@@ -59,13 +72,25 @@ class HTD(DistillationTerm):
         num_groups = positive_int(config, "htd_num_groups")
         tau_start, tau_end, anneal_epochs, threshold = expert_schedule(config, "htd", "htd_weight_threshold")
         return cls(context, weight, alpha, num_groups, tau_start, tau_end, anneal_epochs, threshold,
-                   boolean(config, "htd_positive_pairs_only"))
+                   boolean(config, "htd_positive_pairs_only"), one_of(config, "htd_rows", HTD_ROWS))
 
     def modules(self):
         return {"htd_user_experts": self.user_experts, "htd_item_experts": self.item_experts}
 
+    def prepare(self, context, train_matrix):
+        self.batches_per_epoch = context.batches_per_epoch
+        self.rank, self.world_size = rank_and_world_size()
+
     def start_epoch(self, epoch):
         self.tau = tau_at_epoch(epoch, self.tau_start, self.tau_end, self.anneal_epochs)
+        if self.rows == "epoch":
+            if not self.batches_per_epoch:
+                raise RuntimeError("htd_rows='epoch' needs the batches per epoch; use prepare_distillation")
+            # one stream per (seed, epoch): the rows a batch draws survive a resume
+            self._generator.manual_seed(stream_seed("htd-rows", self.seed, epoch))
+            shares = (self.batches_per_epoch, self.rank, self.world_size)
+            self._user_rotation = Rotation(self.n_users, self._generator, *shares)
+            self._item_rotation = Rotation(self.n_items, self._generator, *shares)
 
     def groups(self, experts, teacher_repr):
         """Each entity's group: the selection network's choice for its teacher representation."""
@@ -80,12 +105,27 @@ class HTD(DistillationTerm):
         with torch.no_grad():
             teacher_users, teacher_items = self.teacher.user_repr(users), self.teacher.item_repr(items)
         student_users, student_items = self.student.user_repr(users), self.student.item_repr(items)
-        assignment = self.user_experts.loss(student_users, teacher_users, self.tau)
-        if items.numel():
-            assignment = assignment + self.item_experts.loss(student_items, teacher_items, self.tau)
+        if self.rows == "epoch":
+            assignment = (self._rotated(self.user_experts, self._user_rotation, users.numel(),
+                                        self.student.user_repr, self.teacher.user_repr, users.device)
+                          + self._rotated(self.item_experts, self._item_rotation, items.numel(),
+                                          self.student.item_repr, self.teacher.item_repr, users.device))
+        else:
+            assignment = self.user_experts.loss(student_users, teacher_users, self.tau)
+            if items.numel():
+                assignment = assignment + self.item_experts.loss(student_items, teacher_items, self.tau)
         groups = torch.cat([self.groups(self.user_experts, teacher_users),
                             self.groups(self.item_experts, teacher_items) + self.num_groups])
         topology = hierarchical_topology_loss(torch.cat([student_users, student_items]),
                                               torch.cat([teacher_users, teacher_items]), groups,
                                               self.positive_pairs_only)
         return self.alpha * topology + (1 - self.alpha) * assignment
+
+    def _rotated(self, experts, rotation, batch_rows, student_repr, teacher_repr, device):
+        """The group assignment on the rotation's next ids, weighted to the batch's row count."""
+        ids = rotation.next(device)
+        if not batch_rows or not ids.numel():
+            return torch.zeros((), device=device)
+        with torch.no_grad():
+            target = teacher_repr(ids)
+        return experts.loss(student_repr(ids), target, self.tau) * (batch_rows / ids.numel())
