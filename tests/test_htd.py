@@ -40,6 +40,33 @@ def test_entity_level_compares_same_group_pairs_only():
     assert entity_topology_loss(STUDENT, teacher, GROUPS).item() == pytest.approx(expected)
 
 
+def test_entity_level_matches_the_pair_by_pair_definition_for_interleaved_groups():
+    """Groups in any order, of any size (singletons too): value and gradient equal the plain
+    double sum over same-group pairs (i, j), i != j and i == j alike."""
+    generator = torch.Generator().manual_seed(3)
+    student = torch.randn(12, 4, generator=generator)
+    teacher = torch.randn(12, 6, generator=generator)
+    groups = torch.tensor([2, 0, 2, 5, 0, 2, 1, 0, 2, 5, 7, 2])  # 1 and 7 alone
+
+    for positive_only in (True, False):
+        fast = student.clone().requires_grad_(True)
+        entity_topology_loss(fast, teacher, groups, positive_only).backward()
+        plain = student.clone().requires_grad_(True)
+        total = plain.new_zeros(())
+        for i in range(12):
+            for j in range(12):
+                if groups[i] != groups[j]:
+                    continue
+                target = cos(teacher[i], teacher[j])
+                if positive_only and target <= 0:
+                    continue
+                total = total + (torch.dot(plain[i], plain[j]) / (plain[i].norm() * plain[j].norm()) - target) ** 2
+        total.backward()
+        assert total.item() > 0.1
+        torch.testing.assert_close(entity_topology_loss(student, teacher, groups, positive_only), total.detach())
+        torch.testing.assert_close(fast.grad, plain.grad)
+
+
 def test_group_level_relates_every_entity_to_every_prototype():
     student_protos = [(STUDENT[0] + STUDENT[1]) / 2, STUDENT[2]]
     teacher_protos = [(TEACHER[0] + TEACHER[1]) / 2, TEACHER[2]]

@@ -37,17 +37,23 @@ def entity_topology_loss(student, teacher, groups, positive_only=True):
     ``positive_only``: only the pairs whose teacher similarity is positive count, as in the
     authors' code (it selects the pairs through ``similarity * same_group > 0``; the pairs of one
     group with a negative teacher similarity drop out with the other groups' pairs).  Computed
-    group by group: memory is the largest group's square, not the batch's.
+    group by group: memory is the largest group's square, not the batch's.  The rows are sorted
+    by group and normalised once, so that each group is a contiguous slice (a view): a few
+    products per group, and no per-group gather whose backward fills a batch-sized gradient.
     """
+    order = torch.argsort(groups, stable=True)
+    counts = torch.unique_consecutive(groups[order], return_counts=True)[1].tolist()
+    student_rows = F.normalize(student[order], dim=1)
+    with torch.no_grad():
+        teacher_rows = F.normalize(teacher[order], dim=1)
     loss = student.new_zeros(())
-    for group in torch.unique(groups):
-        members = torch.nonzero(groups == group).squeeze(1)
-        if len(members) < 2:
+    for s_group, t_group in zip(student_rows.split(counts), teacher_rows.split(counts)):
+        if len(s_group) < 2:
             continue  # a lone entity's only pair is itself: similarity 1 on both sides
         with torch.no_grad():
-            target = cosine_matrix(teacher[members], teacher[members])
-        gap = (cosine_matrix(student[members], student[members]) - target).pow(2)
-        loss = loss + (gap[target > 0].sum() if positive_only else gap.sum())
+            target = t_group @ t_group.t()
+        gap = (s_group @ s_group.t() - target).pow(2)
+        loss = loss + ((gap * (target > 0)).sum() if positive_only else gap.sum())
     return loss
 
 
