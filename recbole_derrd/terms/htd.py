@@ -17,10 +17,9 @@ raw loss = alpha * TD + (1 - alpha) * GA.  ``htd_rows: epoch`` computes GA, the 
 tau is high (every row through every expert), on each user and item about once per epoch (the
 next 1/B of a per-epoch random order, scaled by batch rows / rows used: DE's ``de_rows: epoch``)
 instead of on the batch's rows; the groups and the topology stay the batch's.  The defaults are
-those of the authors' published
-example (K = 30, alpha = 0.5, weight 1e-3, the temperature from 1 to 1e-10 over the run's
-epochs; it ran 100).  Their code also has a group-level variant relating prototypes to
-prototypes, computed entirely without gradient there; it is not offered.
+those of the authors' published example (K = 30, alpha = 0.5, weight 1e-3, the temperature from
+1 to 1e-10 over the run's epochs; it ran 100).  Their code also has a group-level variant
+relating prototypes to prototypes, computed entirely without gradient there; it is not offered.
 """
 
 import torch
