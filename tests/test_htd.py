@@ -107,21 +107,30 @@ def build(settings):
     return prepared_model("HTD", settings)
 
 
-def test_the_term_assembles_group_assignment_and_topology(tiny):
-    config, net, train = build(dict(tiny, **SMALL_HTD))
-    term = net.term("HTD")
-    assert term.tau == 1.0 and term.alpha == 0.5 and term.num_groups == 3
-    interaction = next(iter(train))
-    batch = net.batch(interaction)
+def expected_topology(net, term, batch):
+    """(users, items, groups, topology) of a batch computed by hand from the term's parts."""
     users = batch.users
     items = torch.unique(torch.cat([batch.positives, batch.negatives]))
     student, teacher = net.student_adapter, net.teacher_adapter
     with torch.no_grad():
         t_users, t_items = teacher.user_repr(users), teacher.item_repr(items)
         groups = torch.cat([term.user_experts.selection(t_users).argmax(-1),
-                            term.item_experts.selection(t_items).argmax(-1) + 3])
+                            term.item_experts.selection(t_items).argmax(-1) + term.num_groups])
         topology = hierarchical_topology_loss(torch.cat([student.user_repr(users), student.item_repr(items)]),
                                               torch.cat([t_users, t_items]), groups)
+    return users, items, groups, topology
+
+
+def test_the_term_assembles_group_assignment_and_topology(tiny):
+    config, net, train = build(dict(tiny, **SMALL_HTD))
+    term = net.term("HTD")
+    assert term.tau == 1.0 and term.alpha == 0.5 and term.num_groups == 3
+    interaction = next(iter(train))
+    batch = net.batch(interaction)
+    users, items, groups, topology = expected_topology(net, term, batch)
+    student, teacher = net.student_adapter, net.teacher_adapter
+    with torch.no_grad():
+        t_users, t_items = teacher.user_repr(users), teacher.item_repr(items)
     torch.manual_seed(7)  # the Gumbel noise of the group assignment
     with torch.no_grad():
         assignment = (term.user_experts.loss(student.user_repr(users), t_users, term.tau)
@@ -144,8 +153,7 @@ def test_epoch_rows_move_the_group_assignment_to_the_rotation(tiny):
     term = net.term("HTD")
     interaction = next(iter(train))
     batch = net.batch(interaction)
-    users = batch.users
-    items = torch.unique(torch.cat([batch.positives, batch.negatives]))
+    users, items, _, topology = expected_topology(net, term, batch)
     student, teacher = net.student_adapter, net.teacher_adapter
     generator = torch.Generator().manual_seed(stream_seed("htd-rows", config["seed"], 0))
     shares = (term.batches_per_epoch, 0, 1)
@@ -153,11 +161,6 @@ def test_epoch_rows_move_the_group_assignment_to_the_rotation(tiny):
     rotated_items = Rotation(term.n_items, generator, *shares).next(users.device)
     assert term.batches_per_epoch == len(train) > 1 and 0 < len(rotated_users) < term.n_users
     with torch.no_grad():
-        t_users, t_items = teacher.user_repr(users), teacher.item_repr(items)
-        groups = torch.cat([term.user_experts.selection(t_users).argmax(-1),
-                            term.item_experts.selection(t_items).argmax(-1) + 3])
-        topology = hierarchical_topology_loss(torch.cat([student.user_repr(users), student.item_repr(items)]),
-                                              torch.cat([t_users, t_items]), groups)
         torch.manual_seed(7)  # the Gumbel noise, users' first
         assignment = (term.user_experts.loss(student.user_repr(rotated_users), teacher.user_repr(rotated_users),
                                              term.tau) * (len(users) / len(rotated_users))
