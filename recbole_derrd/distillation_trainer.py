@@ -70,4 +70,5 @@ class DistillationTrainer(SafeCheckpointMixin, Trainer):
                           for name, value in zip(names, losses))
         head = (set_color("epoch %d training", "green") + " [" + set_color("time", "blue")
                 + ": %.2fs, ") % (epoch_idx, e_time - s_time)
-        return head + parts + "]"
+        summary = self.model.epoch_summary() if hasattr(self.model, "epoch_summary") else ""
+        return head + parts + "]" + (" " + summary if summary else "")

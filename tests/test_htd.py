@@ -1,7 +1,9 @@
 """HTD, hierarchical topology distillation: the topology losses against hand computations, the
 groups from the selection network, the term's loss assembled by hand, and a run through RecBole."""
 
+import logging
 import math
+import re
 
 import pytest
 import torch
@@ -190,9 +192,35 @@ def test_epoch_rows_cover_every_entity_once_and_survive_a_resume(tiny):
         build(dict(tiny, htd_rows="all", **SMALL_HTD))
 
 
-def test_htd_trains_through_recbole_and_checks_its_keys(tiny):
-    result = run_recbole("HTD", config_dict=dict(tiny, **SMALL_HTD), saved=True)
+def test_the_epoch_summary_counts_the_groups_of_the_epochs_batches(tiny):
+    config, net, train = build(dict(tiny, **SMALL_HTD))
+    term = net.term("HTD")
+    assert net.epoch_summary() == ""  # nothing trained yet
+    sizes, pair_share = torch.zeros(6), 0.0
+    for interaction in list(train)[:2]:
+        batch = net.batch(interaction)
+        groups = expected_topology(net, term, batch)[2]
+        with torch.no_grad():
+            term.raw_loss(batch)
+        batch_sizes = torch.bincount(groups, minlength=6).float()
+        sizes += batch_sizes
+        pair_share += float((batch_sizes ** 2).sum() / batch_sizes.sum() ** 2) / 2
+    users, items = sizes[:3], sizes[3:]
+    expected = "HTD groups: users %d/3 (largest %.0f%%), items %d/3 (largest %.0f%%), same-group pairs %.1f%%" % (
+        (users > 0).sum(), 100 * users.max() / users.sum(), (items > 0).sum(), 100 * items.max() / items.sum(),
+        100 * pair_share)
+    assert net.epoch_summary() == expected
+    net.start_epoch(1)  # a new epoch starts counting afresh
+    assert net.epoch_summary() == ""
+
+
+def test_htd_trains_through_recbole_and_checks_its_keys(tiny, caplog):
+    caplog.set_level(logging.INFO)
+    result = run_recbole("HTD", config_dict=dict(tiny, state="INFO", epochs=3, **SMALL_HTD), saved=True)
     assert 0 <= result["test_result"]["ndcg@10"] <= 1
+    messages = [re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage()) for record in caplog.records]
+    training_lines = [text for text in messages if text.startswith("epoch ") and "HTD loss" in text]
+    assert len(training_lines) == 3 and all("HTD groups: users " in line for line in training_lines)
     assert recbole_derrd.HTD.terms[0].name == "HTD"
     with pytest.raises(ValueError, match=r"htd_alpha=1.5 must be in \[0, 1\]"):
         build(dict(tiny, htd_alpha=1.5))

@@ -198,6 +198,10 @@ class DistilledRecommender(GeneralRecommender):
         for term in self.distillation_terms:
             term.start_epoch(epoch)
 
+    def epoch_summary(self):
+        """The terms' remarks on the epoch just trained, "; "-joined (the trainer logs them)."""
+        return "; ".join(text for text in (term.epoch_summary() for term in self.distillation_terms) if text)
+
     # ------------------------------------------------------------------ losses
     def _batch_items(self, interaction):
         """(positive items, negative items) of a pairwise or pointwise training batch."""

@@ -9,7 +9,9 @@ Each term
 * precomputes what depends on the frozen teacher (:meth:`DistillationTerm.prepare`),
 * refreshes per-epoch state (:meth:`DistillationTerm.start_epoch`),
 * returns its unweighted loss for a batch, summed over rows (:meth:`DistillationTerm.raw_loss`);
-  the model multiplies it by the term's ``weight`` and the ``kd_reduction`` scale.
+  the model multiplies it by the term's ``weight`` and the ``kd_reduction`` scale;
+* may say something about the epoch it just trained (:meth:`DistillationTerm.epoch_summary`),
+  appended to the epoch's training line in the log.
 
 Terms see RecBole only through :class:`DistillationContext` and :class:`Batch`; the loss and
 sampler code they call (:mod:`recbole_derrd.distillation`) knows neither RecBole nor config keys.
@@ -184,6 +186,10 @@ class DistillationTerm:
 
     def raw_loss(self, batch):
         raise NotImplementedError
+
+    def epoch_summary(self):
+        """A short text about the epoch trained since :meth:`start_epoch` (its log line), or ""."""
+        return ""
 
 
 def check_room(context, needed, what):

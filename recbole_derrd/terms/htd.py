@@ -20,6 +20,11 @@ instead of on the batch's rows; the groups and the topology stay the batch's.  T
 those of the authors' published example (K = 30, alpha = 0.5, weight 1e-3, the temperature from
 1 to 1e-10 over the run's epochs; it ran 100).  Their code also has a group-level variant
 relating prototypes to prototypes, computed entirely without gradient there; it is not offered.
+
+Each epoch's training line in the log says how the groups were used (``epoch_summary``): the
+groups that got members, the largest group's share, and the share of all entity pairs that were
+same-group pairs (what the entity level costs: a few large groups make it slow, and relate
+entities the teacher keeps apart).
 """
 
 import torch
@@ -60,6 +65,8 @@ class HTD(DistillationTerm):
         self.user_experts = DistillationExperts(self.student.user_dim, self.teacher.user_dim, num_groups, threshold)
         self.item_experts = DistillationExperts(self.student.item_dim, self.teacher.item_dim, num_groups, threshold)
         self.tau = tau_start
+        self._group_sizes = self._pair_share = None  # this epoch's group use (epoch_summary)
+        self._batches = 0
 
     @classmethod
     def from_config(cls, config, context):
@@ -82,6 +89,8 @@ class HTD(DistillationTerm):
 
     def start_epoch(self, epoch):
         self.tau = tau_at_epoch(epoch, self.tau_start, self.tau_end, self.anneal_epochs)
+        self._group_sizes = self._pair_share = None
+        self._batches = 0
         if self.rows == "epoch":
             if not self.batches_per_epoch:
                 raise RuntimeError("htd_rows='epoch' needs the batches per epoch; use prepare_distillation")
@@ -118,7 +127,33 @@ class HTD(DistillationTerm):
         topology = hierarchical_topology_loss(torch.cat([student_users, student_items]),
                                               torch.cat([teacher_users, teacher_items]), groups,
                                               self.positive_pairs_only)
+        self._note_groups(groups)
         return self.alpha * topology + (1 - self.alpha) * assignment
+
+    def _note_groups(self, groups):
+        """Count this batch's group members (users' groups first, then items') for the summary."""
+        with torch.no_grad():
+            sizes = torch.bincount(groups, minlength=2 * self.num_groups).double()
+            share = (sizes ** 2).sum() / sizes.sum() ** 2
+        if self._group_sizes is None:
+            self._group_sizes, self._pair_share = sizes, share
+        else:
+            self._group_sizes, self._pair_share = self._group_sizes + sizes, self._pair_share + share
+        self._batches += 1
+
+    def epoch_summary(self):
+        """e.g. "HTD groups: users 12/30 (largest 41%), items 9/30 (largest 63%), same-group
+        pairs 9.5%" over the epoch's batches (members counted once per batch they appear in)."""
+        if not self._batches:
+            return ""
+        sides = []
+        for side, sizes in zip(("users", "items"), self._group_sizes.cpu().split(self.num_groups)):
+            total = float(sizes.sum())
+            largest = float(sizes.max()) / total if total else 0.0
+            sides.append("%s %d/%d (largest %.0f%%)" % (side, int((sizes > 0).sum()), self.num_groups,
+                                                       100 * largest))
+        return "HTD groups: %s, same-group pairs %.1f%%" % (
+            ", ".join(sides), 100 * float(self._pair_share) / self._batches)
 
     def _rotated(self, experts, rotation, batch_rows, student_repr, teacher_repr, device):
         """The group assignment on the rotation's next ids, weighted to the batch's row count."""
