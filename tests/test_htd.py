@@ -158,10 +158,10 @@ def test_epoch_rows_move_the_group_assignment_to_the_rotation(tiny):
     users, items, _, topology = expected_topology(net, term, batch)
     student, teacher = net.student_adapter, net.teacher_adapter
     generator = torch.Generator().manual_seed(stream_seed("htd-rows", config["seed"], 0))
-    shares = (term.batches_per_epoch, 0, 1)
+    shares = (term.slices.batches, 0, 1)
     rotated_users = Rotation(term.n_users, generator, *shares).next(users.device)
     rotated_items = Rotation(term.n_items, generator, *shares).next(users.device)
-    assert term.batches_per_epoch == len(train) > 1 and 0 < len(rotated_users) < term.n_users
+    assert term.slices.batches == len(train) > 1 and 0 < len(rotated_users) < term.n_users
     with torch.no_grad():
         torch.manual_seed(7)  # the Gumbel noise, users' first
         assignment = (term.user_experts.loss(student.user_repr(rotated_users), teacher.user_repr(rotated_users),
@@ -179,7 +179,7 @@ def test_epoch_rows_cover_every_entity_once_and_survive_a_resume(tiny):
 
     def epoch_rows(epoch):
         net.start_epoch(epoch)
-        return [torch.cat([rotation.next(torch.device("cpu")) for _ in range(term.batches_per_epoch)])
+        return [torch.cat([rotation.next(torch.device("cpu")) for _ in range(term.slices.batches)])
                 for rotation in (term._user_rotation, term._item_rotation)]
 
     first_users, first_items = epoch_rows(3)

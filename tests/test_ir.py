@@ -152,7 +152,7 @@ def test_ir_rows_epoch_regularises_each_item_once_per_epoch(tiny):
     loss scaled by (batch items / slice size); an epoch's slices cover every item once."""
     _, net, train = build("IRRRD", dict(tiny, **SMALL_IR, ir_rows="epoch"))
     ir = net.term("IR")
-    assert ir.batches_per_epoch == len(train)
+    assert ir.slices.batches == len(train)
     ir.start_epoch(2)
     seen = []
     for interaction in train:

@@ -220,7 +220,7 @@ def test_de_rows_epoch_distils_every_entity_once_per_epoch(tiny, monkeypatch):
     _noise_free(monkeypatch)
     _, net, train, _, _ = build("DE", dict(tiny, de_rows="epoch"))
     term = net.term("DE")
-    assert term.batches_per_epoch == len(train) == sum(1 for _ in train) > 1
+    assert term.slices.batches == len(train) == sum(1 for _ in train) > 1
     calls = _recorded_parts(term, monkeypatch)
     masses = []
     for batch in train:
@@ -524,3 +524,20 @@ def test_de_rotation_shares_an_epoch_among_ranks(n, batches, world):
     assert set(flat) == set(range(1, n))  # every id once an epoch, 0 (padding) never
     if batches * world <= n - 1:
         assert len(flat) == n - 1  # and no id twice
+
+
+def test_epoch_slices_cut_an_epoch_for_every_distilling_batch():
+    """DE, IR and HTD build their rotations through EpochSlices: unprepared it names the key that
+    needed it; prepared, one slice per ``every``-th batch (ceil(batches / every) slices)."""
+    from types import SimpleNamespace
+
+    from recbole_derrd.terms.rows import EpochSlices
+
+    slices = EpochSlices()
+    with pytest.raises(RuntimeError, match="ir_rows='epoch' needs the batches per epoch; use prepare_distillation"):
+        slices.rotation(11, torch.Generator(), "ir_rows='epoch'")
+    slices.prepare(SimpleNamespace(batches_per_epoch=7))
+    assert (slices.batches, slices.rank, slices.world_size) == (7, 0, 1)
+    rotation = slices.rotation(11, torch.Generator().manual_seed(0), "de_rows='epoch'", every=3)
+    assert rotation.slices == 3  # batches 0, 3 and 6 distil
+    assert sorted(torch.cat([rotation.next("cpu") for _ in range(3)]).tolist()) == list(range(1, 11))

@@ -5,7 +5,7 @@ import torch
 from recbole_derrd.distillation import DistillationExperts, tau_at_epoch
 from recbole_derrd.terms.base import (KD_IMPLEMENTATIONS, DistillationTerm, expert_schedule, non_negative,
                                       non_negative_int, one_of, positive_int)
-from recbole_derrd.terms.rows import Rotation, rank_and_world_size, uniform_subset
+from recbole_derrd.terms.rows import EpochSlices, uniform_subset
 
 #: ``de_rows``: which rows a batch distils (see :class:`DE`).
 DE_ROWS = ("batch", "epoch")
@@ -72,10 +72,9 @@ class DE(DistillationTerm):
         self.item_experts = DistillationExperts(
             self.student.item_dim, self.teacher.item_dim, num_experts, threshold)
         self.tau = tau_start
-        self.batches_per_epoch = None
+        self.slices = EpochSlices()
         self._generator = torch.Generator()
         self._user_rotation = self._item_rotation = None
-        self.rank, self.world_size = 0, 1
 
     @classmethod
     def from_config(cls, config, context):
@@ -100,8 +99,7 @@ class DE(DistillationTerm):
         return {"user_experts": self.user_experts, "item_experts": self.item_experts}
 
     def prepare(self, context, train_matrix):
-        self.batches_per_epoch = context.batches_per_epoch
-        self.rank, self.world_size = rank_and_world_size()
+        self.slices.prepare(context)
 
     def start_epoch(self, epoch):
         self.tau = tau_at_epoch(epoch, self.tau_start, self.tau_end, self.anneal_epochs)
@@ -109,12 +107,10 @@ class DE(DistillationTerm):
         self._generator.manual_seed((int(self.seed) * 1000003 + int(epoch)) % (2 ** 63))
         self._step = 0
         if self.rows == "epoch":
-            if not self.batches_per_epoch:
-                raise RuntimeError("de_rows='epoch' needs the batches per epoch; use prepare_distillation")
             # one slice of the epoch's order per distilling batch
-            shares = (-(-self.batches_per_epoch // self.every), self.rank, self.world_size)
-            self._user_rotation = None if self.sequential else Rotation(self.n_users, self._generator, *shares)
-            self._item_rotation = Rotation(self.n_items, self._generator, *shares)
+            self._user_rotation = (None if self.sequential else
+                                   self.slices.rotation(self.n_users, self._generator, "de_rows='epoch'", self.every))
+            self._item_rotation = self.slices.rotation(self.n_items, self._generator, "de_rows='epoch'", self.every)
 
     def raw_loss(self, batch):
         if self.reference:

@@ -33,7 +33,7 @@ from recbole_derrd.distillation import DistillationExperts, tau_at_epoch
 from recbole_derrd.distillation.topology import hierarchical_topology_loss
 from recbole_derrd.terms.base import (DistillationTerm, boolean, expert_schedule, non_negative, number, one_of,
                                       positive_int)
-from recbole_derrd.terms.rows import Rotation, rank_and_world_size, stream_seed
+from recbole_derrd.terms.rows import EpochSlices, stream_seed
 
 #: ``htd_rows``: which rows the group assignment distils (see the module docstring)
 HTD_ROWS = ("batch", "epoch")
@@ -50,7 +50,7 @@ class HTD(DistillationTerm):
         super().__init__(weight)
         self.rows, self.seed = rows, context.seed
         self.n_users, self.n_items = context.n_users, context.n_items
-        self.batches_per_epoch, self.rank, self.world_size = None, 0, 1
+        self.slices = EpochSlices()
         self._generator = torch.Generator()
         self._user_rotation = self._item_rotation = None
         self.student, self.teacher = context.student, context.teacher
@@ -84,21 +84,17 @@ class HTD(DistillationTerm):
         return {"htd_user_experts": self.user_experts, "htd_item_experts": self.item_experts}
 
     def prepare(self, context, train_matrix):
-        self.batches_per_epoch = context.batches_per_epoch
-        self.rank, self.world_size = rank_and_world_size()
+        self.slices.prepare(context)
 
     def start_epoch(self, epoch):
         self.tau = tau_at_epoch(epoch, self.tau_start, self.tau_end, self.anneal_epochs)
         self._group_sizes = self._pair_share = None
         self._batches = 0
         if self.rows == "epoch":
-            if not self.batches_per_epoch:
-                raise RuntimeError("htd_rows='epoch' needs the batches per epoch; use prepare_distillation")
             # one stream per (seed, epoch): the rows a batch draws survive a resume
             self._generator.manual_seed(stream_seed("htd-rows", self.seed, epoch))
-            shares = (self.batches_per_epoch, self.rank, self.world_size)
-            self._user_rotation = Rotation(self.n_users, self._generator, *shares)
-            self._item_rotation = Rotation(self.n_items, self._generator, *shares)
+            self._user_rotation = self.slices.rotation(self.n_users, self._generator, "htd_rows='epoch'")
+            self._item_rotation = self.slices.rotation(self.n_items, self._generator, "htd_rows='epoch'")
 
     def groups(self, experts, teacher_repr):
         """Each entity's group: the selection network's choice for its teacher representation."""

@@ -20,7 +20,7 @@ import torch
 from recbole_derrd.distillation import RRDSampler, relaxed_ranking_loss, teacher_top_users
 from recbole_derrd.distillation.ranking import check_room
 from recbole_derrd.terms.base import non_negative_int, one_of
-from recbole_derrd.terms.rows import Rotation, rank_and_world_size, stream_seed, uniform_subset
+from recbole_derrd.terms.rows import EpochSlices, stream_seed, uniform_subset
 from recbole_derrd.terms.rrd import RankedListsTerm
 
 #: the IR lists' random stream, apart from RRD's under the same seed
@@ -45,7 +45,7 @@ class IR(RankedListsTerm):
         super().__init__(context, weight, top_n, k, l, temperature, sampling)
         self.rows, self.max_rows = rows, max_rows
         self.seed, self.n_items = context.seed, context.n_items
-        self.batches_per_epoch, self.rank, self.world_size = None, 0, 1
+        self.slices = EpochSlices()
         self._generator = torch.Generator()
         self._rotation = None
 
@@ -64,8 +64,7 @@ class IR(RankedListsTerm):
         return cls(context, *settings, rows=rows, max_rows=max_rows)
 
     def prepare(self, context, train_matrix):
-        self.batches_per_epoch = context.batches_per_epoch
-        self.rank, self.world_size = rank_and_world_size()
+        self.slices.prepare(context)
         if self.sampler is None:
             top = teacher_top_users(context.teacher.all_scores, train_matrix, self.top_n, device=context.device)
             self.sampler = RRDSampler(top, train_matrix.T.tocsr(), self.k, self.l, self.temperature,
@@ -78,10 +77,7 @@ class IR(RankedListsTerm):
         # one stream per (seed, epoch): the items a batch draws survive a resume
         self._generator.manual_seed(stream_seed("ir-rows", self.seed, epoch))
         if self.rows == "epoch":
-            if not self.batches_per_epoch:
-                raise RuntimeError("ir_rows='epoch' needs the batches per epoch; use prepare_distillation")
-            self._rotation = Rotation(self.n_items, self._generator, self.batches_per_epoch,
-                                      self.rank, self.world_size)
+            self._rotation = self.slices.rotation(self.n_items, self._generator, "ir_rows='epoch'")
 
     def raw_loss(self, batch):
         if batch.ranked_items is not None:

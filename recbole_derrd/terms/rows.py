@@ -1,4 +1,4 @@
-"""Which rows a batch distils: the cheaper estimates DE and IR share.
+"""Which rows a batch distils: the cheaper estimates DE, IR and HTD share.
 
 A term whose loss sums over a batch's distinct rows (DE over users and items, IR over items)
 pays for every row in every batch it appears in.  Two cheaper estimates of the same batch loss,
@@ -40,6 +40,25 @@ def rank_and_world_size():
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+class EpochSlices:
+    """How a term's rotations cut an epoch: the training batches per epoch (known once the data
+    loader is: :meth:`prepare`) and this process's share of them under torch.distributed."""
+
+    def __init__(self):
+        self.batches, self.rank, self.world_size = None, 0, 1
+
+    def prepare(self, context):
+        self.batches = context.batches_per_epoch
+        self.rank, self.world_size = rank_and_world_size()
+
+    def rotation(self, n, generator, setting, every=1):
+        """A :class:`Rotation` of ids 1..n-1, one slice per ``every``-th batch; ``setting`` names the
+        key that asked for it when the batches are unknown (the term was never prepared)."""
+        if not self.batches:
+            raise RuntimeError("%s needs the batches per epoch; use prepare_distillation" % setting)
+        return Rotation(n, generator, -(-self.batches // every), self.rank, self.world_size)
 
 
 class Rotation:
