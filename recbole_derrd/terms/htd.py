@@ -23,8 +23,8 @@ relating prototypes to prototypes, computed entirely without gradient there; it 
 
 Each epoch's training line in the log says how the groups were used (``epoch_summary``): the
 groups that got members, the largest group's share, and the share of all entity pairs that were
-same-group pairs (what the entity level costs: a few large groups make it slow, and relate
-entities the teacher keeps apart).
+same-group pairs (what the entity level costs: a few large groups make it slow, and bring it
+close to the full topology that the hierarchy is meant to spare a small student).
 """
 
 import torch
