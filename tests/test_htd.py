@@ -234,3 +234,29 @@ def test_htd_needs_representations_on_both_sides(tiny):
     with pytest.raises(ValueError, match="HTD: its HTD term distils user and item representations, but "
                                          "teacher_model='EASE' only scores"):
         Config(model="HTD", config_dict=dict(tiny, teacher_model="EASE"))
+
+
+def test_the_group_use_script_reads_the_summaries_of_an_htd_log(tmp_path):
+    """results/citeulike/htd_group_use.py: settings from the log's config dump, one row per
+    sampled epoch and the last, colour codes stripped; a log without HTD lines is refused."""
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "..", "results", "citeulike", "htd_group_use.py")
+    green, blue, end = "\x1b[1;32m", "\x1b[1;34m", "\x1b[0m"
+    lines = ["\x1b[1;36mhtd_weight\x1b[0m =\x1b[1;33m 0.001\x1b[0m", "htd_alpha = 0.9"]
+    for epoch, groups in [(0, 30), (1, 12), (2, 3)]:
+        lines.append("04 Dec 06:00    INFO  %sepoch %d training%s [%stime%s: 5.%ds, %sbase loss%s: 3.0, %sHTD loss%s: "
+                     "0.12%d] HTD groups: users %d/30 (largest 50%%), items 4/30 (largest 40%%), same-group pairs 9.5%%"
+                     % (green, epoch, end, blue, end, epoch, blue, end, blue, end, epoch, groups))
+    log = tmp_path / "HTD-run.log"
+    log.write_text("\n".join(lines) + "\n")
+    out = subprocess.run([sys.executable, script, str(log), "--every", "2"], capture_output=True, text=True, check=True)
+    assert "### htd_weight 0.001, htd_alpha 0.9, htd_num_groups ?" in out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert rows == ["| 0 | 5.0 | 0.1200 | users 30/30 (largest 50%), items 4/30 (largest 40%), same-group pairs 9.5% |",
+                    "| 2 | 5.2 | 0.1220 | users 3/30 (largest 50%), items 4/30 (largest 40%), same-group pairs 9.5% |"]
+    (tmp_path / "other.log").write_text("epoch 0 training [time: 1.0s, train loss: 2.0]\n")
+    refused = subprocess.run([sys.executable, script, str(tmp_path / "other.log")], capture_output=True, text=True)
+    assert refused.returncode != 0 and "no HTD training lines" in refused.stderr
