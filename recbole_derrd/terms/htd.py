@@ -65,8 +65,7 @@ class HTD(DistillationTerm):
         self.user_experts = DistillationExperts(self.student.user_dim, self.teacher.user_dim, num_groups, threshold)
         self.item_experts = DistillationExperts(self.student.item_dim, self.teacher.item_dim, num_groups, threshold)
         self.tau = tau_start
-        self._group_sizes = self._pair_share = None  # this epoch's group use (epoch_summary)
-        self._batches = 0
+        self._group_sizes = self._pair_share = self._batches = 0  # this epoch's group use (epoch_summary)
 
     @classmethod
     def from_config(cls, config, context):
@@ -88,8 +87,7 @@ class HTD(DistillationTerm):
 
     def start_epoch(self, epoch):
         self.tau = tau_at_epoch(epoch, self.tau_start, self.tau_end, self.anneal_epochs)
-        self._group_sizes = self._pair_share = None
-        self._batches = 0
+        self._group_sizes = self._pair_share = self._batches = 0
         if self.rows == "epoch":
             # one stream per (seed, epoch): the rows a batch draws survive a resume
             self._generator.manual_seed(stream_seed("htd-rows", self.seed, epoch))
@@ -131,10 +129,7 @@ class HTD(DistillationTerm):
         with torch.no_grad():
             sizes = torch.bincount(groups, minlength=2 * self.num_groups).double()
             share = (sizes ** 2).sum() / sizes.sum() ** 2
-        if self._group_sizes is None:
-            self._group_sizes, self._pair_share = sizes, share
-        else:
-            self._group_sizes, self._pair_share = self._group_sizes + sizes, self._pair_share + share
+        self._group_sizes, self._pair_share = self._group_sizes + sizes, self._pair_share + share
         self._batches += 1
 
     def epoch_summary(self):
