@@ -307,3 +307,45 @@ def test_paired_between_two_folders_checks_they_are_comparable(tmp_path):
     refused = subprocess.run([sys.executable, script, str(tmp_path / "one"), "Student", str(tmp_path / "three"),
                               "DERRD"], capture_output=True, text=True)
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "differ in seeds" in refused.stderr
+
+
+def test_methods_table_puts_rows_of_folders_side_by_side(tmp_path):
+    """results/methods_table.py: means over a row's seeds, the ratio to the teacher row's mean,
+    cost from the cells (fit seconds / epochs trained); refuses a missing row or another protocol."""
+    import subprocess
+    import sys
+
+    def cell(method, seed, test, valid=None, best=None, last=None, fit=None, to_best=None, mode="uni499"):
+        return {"method": method, "seed": seed, "test_mode": mode, "test_result": {"ndcg@10": test, "hit@10": 2 * test},
+                "best_valid_result": None if valid is None else {"ndcg@10": valid}, "best_epoch": best,
+                "last_epoch": last, "fit_seconds": fit, "seconds_to_best": to_best}
+
+    def folder(name, title, cells):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "comparison.json").write_text(json.dumps({"title": title, "cells": cells}))
+        return str(tmp_path / name)
+
+    one = folder("one", "citeulike, seeds [0, 1], test mode uni499",
+                 [cell("Teacher", 0, 0.40, 0.5, 99), cell("Teacher", 1, 0.44, 0.5, 99),
+                  cell("IRRRD", 1, 0.30, 0.35, 9, 19, fit=60.0, to_best=30.0),
+                  cell("IRRRD", 0, 0.34, 0.33, 4, 9, fit=20.0, to_best=10.0)])
+    two = folder("two", "citeulike, seeds [0], test mode uni499", [cell("DERRD", 0, 0.21, 0.25, 4, 9)])
+    full = folder("full", "citeulike, seeds [0], test mode full", [cell("DERRD", 0, 0.1, mode="full")])
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "methods_table.py")
+    done = subprocess.run([sys.executable, script, "--teacher", one + ":Teacher", one + ":IRRRD=IR-RRD, tuned",
+                           two + ":DERRD"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("| row | folder | seeds | test N@10 |") and len(lines) == 5
+    # teacher: mean .42, std .02 (ddof 0); IR-RRD seeds sorted: epochs "4/9, 9/19"; per epoch
+    # (20/10 + 60/20) / 2 = 2.5 s; to best (10 + 30) / 2; fit (20 + 60) / 2; ratio .32 / .42
+    assert lines[2] == "| Teacher | `one` | 0,1 | .4200 +- .0200 | .8400 | 1.000 | .5000 | 99/-, 99/- | - | - | - |"
+    assert lines[3] == ("| IR-RRD, tuned | `one` | 0,1 | .3200 +- .0200 | .6400 | %.3f | .3400 | 4/9, 9/19 | 2.50 "
+                        "| 20 | 40 |" % (0.32 / 0.42))
+    assert lines[4] == "| DERRD | `two` | 0 | .2100 +- .0000 | .4200 | 0.500 | .2500 | 4/9 | - | - | - |"
+    for args, message in (([one + ":CD"], "has no cells of row 'CD' (rows: IRRRD, Teacher)"),
+                          ([one + ":IRRRD", full + ":DERRD"], "must share the dataset and protocol"),
+                          ([str(tmp_path / "none") + ":CD"], "comparison.json: cannot read it"),
+                          (["IRRRD"], "a row is FOLDER:ROW")):
+        refused = subprocess.run([sys.executable, script] + args, capture_output=True, text=True)
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and message in refused.stderr, refused.stderr
