@@ -74,6 +74,20 @@ def test_loss_is_summed_squared_distance():
     assert loss.item() == pytest.approx(((t - out) ** 2).sum().item())
 
 
+def test_loss_on_ids_looks_rows_up_and_leaves_the_teacher_out_of_the_graph():
+    torch.manual_seed(0)
+    experts = DistillationExperts(4, 8, num_experts=3).double()
+    student, teacher = torch.nn.Embedding(6, 4).double(), torch.nn.Embedding(6, 8).double()
+    ids = torch.tensor([5, 1, 1])
+    torch.manual_seed(1)
+    loss = experts.loss_on(student, teacher, ids, tau=0.5)
+    torch.manual_seed(1)  # the same Gumbel noise
+    assert loss.item() == pytest.approx(experts.loss(student(ids), teacher(ids), tau=0.5).item())
+    loss.backward()
+    assert teacher.weight.grad is None
+    assert student.weight.grad[[1, 5]].abs().sum() > 0 and not student.weight.grad[[0, 2, 3, 4]].any()
+
+
 def test_single_expert_has_no_selection():
     experts = DistillationExperts(4, 8, num_experts=1)
     assert experts.selection is None

@@ -354,3 +354,10 @@ class DistillationExperts(nn.Module):
         teacher_repr = teacher_repr.detach()
         distance = (teacher_repr - self(student_repr, teacher_repr, tau, path)).pow(2).sum(-1)
         return distance.sum() if row_weights is None else (distance * row_weights).sum()
+
+    def loss_on(self, student_lookup, teacher_lookup, ids, tau, path="auto"):
+        """:meth:`loss` on rows ``ids`` of the two models' representation lookups (DE's rows,
+        HTD's group assignment): the frozen teacher's rows are looked up without a graph."""
+        with torch.no_grad():
+            target = teacher_lookup(ids)
+        return self.loss(student_lookup(ids), target, tau, path=path)

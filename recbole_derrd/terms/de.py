@@ -147,7 +147,5 @@ class DE(DistillationTerm):
         return loss
 
     def _part(self, experts, student_repr, teacher_repr, ids, row_weight):
-        with torch.no_grad():
-            target = teacher_repr(ids)
-        loss = experts.loss(student_repr(ids), target, self.tau, path="reference" if self.reference else "auto")
+        loss = experts.loss_on(student_repr, teacher_repr, ids, self.tau, "reference" if self.reference else "auto")
         return loss if row_weight == 1 else loss * row_weight

@@ -151,6 +151,4 @@ class HTD(DistillationTerm):
         ids = rotation.next(device)
         if not batch_rows or not ids.numel():
             return torch.zeros((), device=device)
-        with torch.no_grad():
-            target = teacher_repr(ids)
-        return experts.loss(student_repr(ids), target, self.tau) * (batch_rows / ids.numel())
+        return experts.loss_on(student_repr, teacher_repr, ids, self.tau) * (batch_rows / ids.numel())
