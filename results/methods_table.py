@@ -89,7 +89,10 @@ def table(specs, teacher=None, metric="ndcg@10"):
     name = metric.replace("ndcg@", "N@").replace("hit@", "H@")
 
     def number(value, digits=4):
-        return "-" if value is None else ("%.*f" % (digits, value)).replace("0.", ".", 1)
+        if value is None:
+            return "-"
+        text = "%.*f" % (digits, value)
+        return text[1:] if text.startswith("0.") else text  # .4121, as the tables here write it
 
     def seconds(value):
         return "-" if value is None else "%.0f" % value
