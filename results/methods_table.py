@@ -21,6 +21,8 @@ import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def parse_spec(spec):
     """``FOLDER:ROW[=LABEL]`` -> (folder, row, label)."""
@@ -53,28 +55,32 @@ def load_cells(folder, row):
 
 
 def summarise(cells, metric):
-    """The row's means over its seeds (std with ddof 0, as the comparison's tables) and its cost."""
+    """The row's means over its seeds (mean and std as the comparison's tables) and its cost."""
+    from recbole_derrd.evaluation import over_seeds
+    from recbole_derrd.harness.comparison import _epochs_text
+
     def mean(values):
         values = [v for v in values if v is not None]
         return float(np.mean(values)) if len(values) == len(cells) else None
 
-    tests = [c["test_result"][metric] for c in cells]
+    test = over_seeds([c["test_result"] for c in cells], [metric])
     per_epoch = [c["fit_seconds"] / (c["last_epoch"] + 1)
                  if c.get("fit_seconds") is not None and c.get("last_epoch") is not None else None for c in cells]
     return {
         "seeds": [c["seed"] for c in cells],
-        "test": float(np.mean(tests)), "test_std": float(np.std(tests)),
+        "test": test["mean"][metric], "test_std": test["std"][metric],
         "hit": mean([c["test_result"].get("hit@10") for c in cells]),
         "valid": mean([(c.get("best_valid_result") or {}).get(metric) for c in cells]),
-        "epochs": ", ".join("%s/%s" % (c.get("best_epoch", "-"), "-" if c.get("last_epoch") is None else c["last_epoch"])
-                            for c in cells),
+        "epochs": ", ".join(_epochs_text(c) for c in cells),
         "per_epoch": mean(per_epoch), "to_best": mean([c.get("seconds_to_best") for c in cells]),
         "fit": mean([c.get("fit_seconds") for c in cells]),
     }
 
 
 def table(specs, teacher=None, metric="ndcg@10"):
-    """Markdown lines: one row per spec, ratios to the teacher spec's mean test metric."""
+    """A markdown table: one row per spec, ratios to the teacher spec's mean test metric."""
+    from recbole_derrd.harness.tables import markdown_table
+
     rows, protocol = [], None
     for spec in ([teacher] if teacher else []) + list(specs):
         folder, row, label = parse_spec(spec)
@@ -97,16 +103,14 @@ def table(specs, teacher=None, metric="ndcg@10"):
     def seconds(value):
         return "-" if value is None else "%.0f" % value
 
-    lines = ["| row | folder | seeds | test %s | test H@10 | %s / teacher | valid %s | best / last epoch "
-             "| fit s / epoch | s to best valid | fit s |" % (name, name, name),
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for label, folder, s in rows:
-        lines.append("| %s | `%s` | %s | %s +- %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            label, os.path.basename(os.path.normpath(folder)), ",".join(map(str, s["seeds"])),
-            number(s["test"]), number(s["test_std"]), number(s["hit"]),
-            "-" if reference is None else "%.3f" % (s["test"] / reference), number(s["valid"]), s["epochs"],
-            "-" if s["per_epoch"] is None else "%.2f" % s["per_epoch"], seconds(s["to_best"]), seconds(s["fit"])))
-    return lines
+    header = ["row", "folder", "seeds", "test " + name, "test H@10", name + " / teacher", "valid " + name,
+              "best / last epoch", "fit s / epoch", "s to best valid", "fit s"]
+    return markdown_table(header, [
+        [label, "`%s`" % os.path.basename(os.path.normpath(folder)), ",".join(map(str, s["seeds"])),
+         "%s +- %s" % (number(s["test"]), number(s["test_std"])), number(s["hit"]),
+         "-" if reference is None else "%.3f" % (s["test"] / reference), number(s["valid"]), s["epochs"],
+         "-" if s["per_epoch"] is None else "%.2f" % s["per_epoch"], seconds(s["to_best"]), seconds(s["fit"])]
+        for label, folder, s in rows])
 
 
 def main(argv=None):
@@ -116,7 +120,7 @@ def main(argv=None):
     parser.add_argument("--metric", default="ndcg@10")
     args = parser.parse_args(argv)
     try:
-        print("\n".join(table(args.rows, args.teacher, args.metric)))
+        print(table(args.rows, args.teacher, args.metric))
     except (ValueError, KeyError) as error:
         sys.exit("methods_table.py: %s" % (error if isinstance(error, ValueError) else "a cell lacks %s" % error))
 
