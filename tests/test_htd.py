@@ -260,3 +260,5 @@ def test_the_group_use_script_reads_the_summaries_of_an_htd_log(tmp_path):
     (tmp_path / "other.log").write_text("epoch 0 training [time: 1.0s, train loss: 2.0]\n")
     refused = subprocess.run([sys.executable, script, str(tmp_path / "other.log")], capture_output=True, text=True)
     assert refused.returncode != 0 and "no HTD training lines" in refused.stderr
+    missing = subprocess.run([sys.executable, script, str(tmp_path / "none.log")], capture_output=True, text=True)
+    assert missing.returncode != 0 and missing.stderr.count("\n") == 1 and "none.log: cannot read it" in missing.stderr

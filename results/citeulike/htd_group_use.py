@@ -13,6 +13,7 @@ import re
 
 COLOR = re.compile(r"\x1b\[[0-9;]*m")
 KEYS = ("htd_weight", "htd_alpha", "htd_num_groups", "htd_anneal_epochs", "seed")
+SETTING = re.compile(r"^(%s) = (\S+)" % "|".join(KEYS))  # a line of RecBole's config dump
 LINE = re.compile(r"epoch (\d+) training \[time: ([0-9.]+)s, .*HTD loss: ([0-9.]+)\](.*)")
 
 
@@ -22,10 +23,9 @@ def read(path):
     with open(path, encoding="utf-8", errors="replace") as handle:
         for raw in handle:
             line = COLOR.sub("", raw)
-            for key in KEYS:
-                found = re.search(r"^%s = (\S+)" % key, line.strip())
-                if found and key not in settings:
-                    settings[key] = found.group(1)
+            found = SETTING.search(line.strip())
+            if found:
+                settings.setdefault(found.group(1), found.group(2))
             match = LINE.search(line)
             if match:
                 summary = match.group(4).strip().replace("HTD groups: ", "") or "-"
@@ -39,7 +39,10 @@ def main():
     parser.add_argument("--every", type=int, default=25, help="one row every this many epochs (and the last)")
     args = parser.parse_args()
     for path in args.logs:
-        settings, rows = read(path)
+        try:
+            settings, rows = read(path)
+        except OSError as error:
+            raise SystemExit("%s: cannot read it (%s)" % (path, error.strerror or error)) from None
         if not rows:
             raise SystemExit("%s: no HTD training lines (not an HTD run's log?)" % path)
         print("### " + ", ".join("%s %s" % (k, settings.get(k, "?")) for k in KEYS) + "\n")
