@@ -114,6 +114,20 @@ def test_the_terms_tables_follow_both_rankings(tiny):
     assert not torch.equal(term.items[:, 5:9], first[:, 5:9])
 
 
+def test_the_teachers_scores_of_the_epochs_lists_are_computed_once_per_epoch_in_blocks(tiny, monkeypatch):
+    import recbole_derrd.terms.rce as rce
+
+    monkeypatch.setattr(rce, "TEACHER_BLOCK_USERS", 3)  # several blocks, the last one short
+    _, net, _ = build(dict(tiny, **SMALL_RCE))
+    term = net.term("RCE")
+    for epoch in (0, 1):
+        net.start_epoch(epoch)
+        users = torch.arange(net.n_users)
+        with torch.no_grad():
+            expected = net.teacher_adapter.score(users, term.items)
+        torch.testing.assert_close(term.teacher_scores, expected)  # this epoch's lists, every user
+
+
 def test_the_terms_batch_loss_is_rce_loss_on_its_users(tiny):
     _, net, train = build(dict(tiny, **SMALL_RCE, rce_tau=2.0, rce_beta=1.0))
     term = net.term("RCE")
