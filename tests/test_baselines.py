@@ -215,6 +215,59 @@ def test_axis_search_fills_spare_slots_with_the_next_axis_as_if_the_best_holds(c
     assert evaluated[0] == start and len(evaluated) == 9
 
 
+class FakeChild:
+    """A child process that finishes (writing its record) after ``polls`` polls."""
+
+    def __init__(self, point, done, polls, returncode=0):
+        self.point, self.done, self.polls, self.code = point, done, polls, returncode
+        self.returncode = None
+
+    def poll(self):
+        self.polls -= 1
+        if self.polls <= 0 and self.returncode is None:
+            self.returncode = self.code
+            if self.code == 0:
+                self.done.append(self.point)
+        return self.returncode
+
+
+def test_the_point_pool_is_not_held_by_a_speculative_point(cd_grid):
+    """A slow speculative point keeps training while the search's next points use the free slot."""
+    done, started = [], []
+    polls = {"a": 2, "slow": 50, "b": 2, "c": 2}
+
+    def start(point):
+        started.append(point)
+        return FakeChild(point, done, polls[point]), point
+
+    pool = cd_grid.PointPool(start, lambda p: p in done, jobs=2, sleep=lambda s: None)
+    pool.add(["a", "slow"])
+    pool.wait_for("a")
+    assert done == ["a"] and started == ["a", "slow"]
+    pool.add(["b", "c"])
+    pool.wait_for("c")  # the point waited for goes first: c before b
+    assert started == ["a", "slow", "c", "b"] and "slow" not in done
+    pool.wait_for(None)
+    assert sorted(done) == ["a", "b", "c", "slow"]
+    pool.wait_for("a")  # finished: nothing more starts
+    assert len(started) == 4
+
+
+def test_the_point_pool_exits_with_the_failed_point_after_the_running_ones(cd_grid):
+    done, started = [], []
+
+    def start(point):
+        started.append(point)
+        return FakeChild(point, done, {"bad": 1, "ok": 1, "later": 3}[point], 1 if point == "bad" else 0), point
+
+    pool = cd_grid.PointPool(start, lambda p: p in done, jobs=2, sleep=lambda s: None)
+    pool.add(["bad", "ok", "later"])
+    with pytest.raises(SystemExit, match="point\\(s\\) bad failed"):
+        pool.wait_for("later")
+    # "later" (waited for, so first) ran to its end after "bad" failed; "ok" was never started
+    assert started == ["later", "bad"] and done == ["later"]
+
+
 def test_method_grid_refuses_a_jobs_count_below_one(tmp_path):
     """--jobs 0 would never start a point: one clear line and a non-zero exit instead."""
     import os

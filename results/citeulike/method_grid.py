@@ -21,7 +21,8 @@ Two strategies over the same grid:
     python results/citeulike/method_grid.py --model DERRD --out cmp/derrd-grid --summary   # table only
 
 ``--jobs 2`` trains an axis's points side by side (each point's result is the same as alone);
-a spare slot trains the next axis's point as if the best so far holds (see ``axis_search``).
+a spare slot trains the next axis's point as if the best so far holds (see ``axis_search``),
+and the search goes on without waiting for such a point (see ``PointPool``).
 """
 
 import argparse
@@ -133,6 +134,57 @@ def axis_search(axes, evaluate, start, order, prefetch=None, width=1, budget=13,
     return best, seen
 
 
+class PointPool:
+    """Child processes training points, up to ``jobs`` at a time, fed from a queue.
+
+    ``add`` queues points (the search's prefetch); ``wait_for(params)`` keeps the slots full until
+    that point is finished, moving it to the head of the queue, and returns while other points go
+    on training: a search is never held by a speculative point it no longer needs, as it was when
+    each batch of points had to finish together.  ``start(params) -> (process, name)`` launches a
+    child (``poll()`` / ``returncode`` as ``subprocess.Popen``); ``finished(params)`` says whether
+    a point's record exists.  A failed child stops new launches; the pool waits for the running
+    ones (their records are kept) and exits with the failed points' names.
+    """
+
+    def __init__(self, start, finished, jobs, sleep=time.sleep):
+        self.start, self.finished, self.jobs, self.sleep = start, finished, jobs, sleep
+        self.queue, self.running, self.failed = [], [], []
+
+    def _known(self, params):
+        return params in self.queue or any(params == p for p, _, _ in self.running)
+
+    def add(self, points):
+        self.queue += [p for p in points if not self.finished(p) and not self._known(p)]
+
+    def _reap(self):
+        for entry in [e for e in self.running if e[1].poll() is not None]:
+            self.running.remove(entry)
+            if entry[1].returncode != 0:
+                self.failed.append(entry[2])
+
+    def wait_for(self, params):
+        """Until ``params`` is finished (``None``: until nothing is queued or running)."""
+        if params is not None and not self.finished(params):
+            if params in self.queue:
+                self.queue.remove(params)
+            if not self._known(params):
+                self.queue.insert(0, params)
+        while True:
+            self._reap()
+            if self.failed:
+                self.queue = []
+                if not self.running:
+                    sys.exit("method_grid: point(s) %s failed (see their output above)" % ", ".join(self.failed))
+            while self.queue and len(self.running) < self.jobs:
+                point = self.queue.pop(0)
+                if not self.finished(point):
+                    process, name = self.start(point)
+                    self.running.append((point, process, name))
+            if not self.failed and (self.finished(params) if params is not None else not self.running):
+                return
+            self.sleep(2)
+
+
 def run_point(args, params):
     """Child process: train one point, write its best validation result."""
     sys.argv = sys.argv[:1]
@@ -227,33 +279,19 @@ def main():
             command += ["--data_path", os.path.abspath(args.data_path)]
         return subprocess.Popen(command, cwd=args.out), point_name(params)
 
-    def prefetch(points):
-        """Train the unfinished ``points``, up to ``--jobs`` at a time; fail if any child fails."""
-        todo = [p for p in points if not os.path.exists(record_path(p))]
-        running, failed = [], []
-        while todo or running:
-            while todo and len(running) < args.jobs:
-                running.append(start(todo.pop(0)))
-            done = [(p, n) for p, n in running if p.poll() is not None]
-            if not done:
-                time.sleep(2)
-            for process, name in done:
-                running.remove((process, name))
-                if process.returncode != 0:
-                    failed.append(name)
-        if failed:
-            sys.exit("method_grid: point(s) %s failed (see their output above)" % ", ".join(failed))
+    pool = PointPool(start, lambda p: os.path.exists(record_path(p)), args.jobs)
 
     def evaluate(params):
         """Train one point (unless finished); its best validation score."""
-        prefetch([params])
+        pool.wait_for(params)
         with open(record_path(params), encoding="utf-8") as handle:
             return json.load(handle)["best_valid_score"]
 
     if args.strategy == "axis":
         best, seen = axis_search(axes, evaluate, STARTS[args.model], AXIS_ORDERS[args.model],
-                                 prefetch=prefetch if args.jobs > 1 else None, width=args.jobs,
+                                 prefetch=pool.add if args.jobs > 1 else None, width=args.jobs,
                                  finished=lambda p: os.path.exists(record_path(p)))
+        pool.wait_for(None)  # speculative points still training: their records are kept
         print("axis search: %d points, best %s" % (len(seen), point_name(best)), flush=True)
     else:
         for values in itertools.product(*[v for _, v in axes]):
