@@ -300,3 +300,22 @@ def test_method_grids_have_their_axes_and_a_start_on_them(cd_grid, model, points
 
 def test_grid_point_names_keep_cd_records_names(cd_grid):
     assert cd_grid.point_name({"de_weight": 0.1, "cd_gamma": 10}) == "de_weight=0.1_gamma=10"
+
+
+@pytest.mark.parametrize("recipe, model", [("citeulike-derrd-tuned.yaml", "DERRD"), ("citeulike-htd-tuned.yaml", "HTD"),
+                                           ("citeulike-rce-tuned.yaml", "RCEKD")])
+def test_each_citeulike_recipe_is_a_point_of_its_models_grid(cd_grid, recipe, model):
+    """A recipe chosen by method_grid.py holds only its model's grid keys, each at a grid value
+    (a typo in a key would otherwise be ignored by RecBole and the recipe silently not applied)."""
+    import os
+
+    import yaml
+
+    from conftest import ROOT
+
+    with open(os.path.join(ROOT, "results", "citeulike", recipe), encoding="utf-8") as handle:
+        settings = yaml.safe_load(handle)
+    axes = dict(cd_grid.grid(model))
+    assert settings and set(settings) <= set(axes)
+    assert all(value in axes[key] for key, value in settings.items())
+    assert any(settings[key] != cd_grid.STARTS[model][key] for key in settings)  # not the search's start
