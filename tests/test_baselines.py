@@ -268,6 +268,17 @@ def test_the_point_pool_exits_with_the_failed_point_after_the_running_ones(cd_gr
     assert started == ["later", "bad"] and done == ["later"]
 
 
+def test_the_point_pool_refuses_to_wait_for_a_point_that_ended_without_its_record(cd_grid):
+    class Silent(FakeChild):  # exits 0 but writes nothing
+        def poll(self):
+            self.returncode = 0
+            return 0
+
+    pool = cd_grid.PointPool(lambda p: (Silent(p, [], 1), p), lambda p: False, jobs=1, sleep=lambda s: None)
+    with pytest.raises(SystemExit, match="ended without its record"):
+        pool.wait_for("lost")
+
+
 def test_method_grid_refuses_a_jobs_count_below_one(tmp_path):
     """--jobs 0 would never start a point: one clear line and a non-zero exit instead."""
     import os

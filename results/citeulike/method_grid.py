@@ -182,6 +182,9 @@ class PointPool:
                     self.running.append((point, process, name))
             if not self.failed and (self.finished(params) if params is not None else not self.running):
                 return
+            if params is not None and not self.finished(params) and not self._known(params):
+                self.failed.append("%s (ended without its record)" % params)  # never wait forever
+                continue
             self.sleep(2)
 
 
