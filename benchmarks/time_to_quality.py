@@ -29,8 +29,8 @@ recomputed) under ``--out_dir``; the teacher is trained once per seed into ``<ou
 (or given with ``--teacher_checkpoint``) and every row distils that one: its epoch cap is
 ``--epochs`` whatever a row's own, and a row whose settings would train another teacher stops
 the run before its cell is recorded.  ``--variant label:key=value,...`` adds DE-RRD with
-other settings (e.g. ``rows-epoch:de_rows=epoch``).  With two out_dirs, ``--summary`` prints the
-one-line summary that RESULTS.md records end with.
+other settings (e.g. ``rows-epoch:de_rows=epoch``).  With one out_dir per dataset, ``--summary``
+prints their tables and the one-line summary that RESULTS.md records end with.
 
     python benchmarks/time_to_quality.py --dataset citeulike --seeds 0,1,2 --out_dir runs/ttq-citeulike
     python benchmarks/time_to_quality.py --dataset ml1m-shaped --epochs 60 --reference_epochs 5 \\
@@ -295,8 +295,8 @@ def main(argv=None):
                         help="synthetic data with latent taste (default) or popularity alone (as first recorded)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out_dir", default=os.path.join(ROOT, "runs", "time_to_quality"))
-    parser.add_argument("--summary", nargs=2, metavar=("CITEULIKE_DIR", "ML1M_DIR"),
-                        help="print the tables and the summary line of two finished runs")
+    parser.add_argument("--summary", nargs="+", metavar="RUN_DIR",
+                        help="print the tables and the summary line of finished runs (one per dataset)")
     parser.add_argument("--derrd_row", action="append", default=[], metavar="DATASET=LABEL",
                         help="with --summary: the row whose time stands for DE-RRD on that dataset "
                              "(e.g. ml1m-shaped=every32cap64; default: the DERRD row)")
@@ -316,6 +316,8 @@ def main(argv=None):
         chosen = parse_pairs(args.derrd_row, "--derrd_row")
         for out_dir in args.summary:
             dataset, (table_lines, to_best) = load_times(out_dir)
+            if dataset in times:
+                sys.exit("--summary: two runs of %s; give one run per dataset" % dataset)
             lines += table_lines + [""]
             if dataset in chosen:
                 to_best = summary_row(to_best, str(chosen[dataset]), dataset)

@@ -88,6 +88,13 @@ def test_summary_reads_two_runs_and_refuses_an_unknown_dataset(ttq, tmp_path, ca
     assert "DE-RRD/student 1.50x (CiteULike), 1.60x (ML-1M-shaped)" in out
     with pytest.raises(SystemExit, match="--derrd_row: no run of ml-1m among"):
         ttq.main(["--summary", cite, ml1m, "--derrd_row", "ml-1m=every32cap64"])
+    # one run alone (e.g. a new method's record): its table, the other dataset n/a
+    ttq.main(["--summary", cite])
+    out = capsys.readouterr().out
+    assert "| DERRD | 1 |" in out and "DE-RRD/student 1.50x (CiteULike), n/ax (ML-1M-shaped)" in out
+    assert "ml1m-shaped" not in out.split("time to quality:")[0]
+    with pytest.raises(SystemExit, match="--summary: two runs of citeulike"):
+        ttq.main(["--summary", cite, cite])
 
 
 def test_table_against_hand_values(ttq):
