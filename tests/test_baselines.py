@@ -293,7 +293,8 @@ def test_method_grid_refuses_a_jobs_count_below_one(tmp_path):
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("model, points", [("DERRD", 9), ("IRRRD", 7), ("HTD", 7), ("RCEKD", 8)])
+@pytest.mark.parametrize("model, points", [("DERRD", 9), ("IRRRD", 7), ("HTD", 7), ("RCEKD", 8),
+                                           ("RD", 8), ("DE", 5), ("RRD", 6), ("DEIRRRD", 9)])
 def test_method_grids_have_their_axes_and_a_start_on_them(cd_grid, model, points):
     """Each later method's search: its shipped .hyper's axes (keys the model reads), a start
     point on the grid (the authors' settings), one axis pass within issue 18's 13 points."""

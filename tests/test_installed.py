@@ -69,7 +69,7 @@ def test_properties_found_from_the_wheel(workdir):
     assert package_file.startswith(PURELIB) and properties.startswith(PURELIB)
     for name in ("distillation.yaml", "model/DE.yaml", "model/RRD.yaml", "model/DERRD.yaml",
                  "model/RD.yaml", "model/CD.yaml", "model/RCEKD.yaml", "tuning/DERRD.hyper", "tuning/CD.hyper",
-                 "tuning/RCEKD.hyper",
+                 "tuning/RCEKD.hyper", "tuning/RD.hyper", "tuning/DE.hyper", "tuning/RRD.hyper", "tuning/DEIRRRD.hyper",
                  "protocol/loo_uni499.yaml", "protocol/loo_full.yaml"):
         assert os.path.isfile(os.path.join(properties, name)), name
 

@@ -13,7 +13,7 @@ Two strategies over the same grid:
   (issue 18 allows 13 points per method).  Start at the model's fixed ``STARTS`` point, then for
   each axis in its ``AXIS_ORDERS`` try all its values with the other settings held at the best
   point so far, and keep the best: 1 + sum(values - 1) points (CD 10, DERRD 9, IRRRD 7,
-  HTD 7, RCEKD 8).  It can miss
+  HTD 7, RCEKD 8, RD 8, DE 5, RRD 6, DEIRRRD 9).  It can miss
   interactions between settings that only the full grid would find.
 
     python results/citeulike/method_grid.py --model DERRD --data_path ../shared/datasets \
@@ -47,6 +47,12 @@ STARTS = {
     "IRRRD": {"rrd_weight": 0.001, "ir_weight": 0.0005, "rrd_sampling": "sample", "ir_k": 20},
     "HTD": {"htd_weight": 0.001, "htd_alpha": 0.5, "htd_num_groups": 30, "htd_anneal_epochs": 100},
     "RCEKD": {"rce_weight": 500.0, "rce_beta": 3.0, "rce_tau": 1.0, "rce_k": 50, "rce_sampling": "collaborative"},
+    # the paper's settings of RD, DE and RRD alone (properties/model/*.yaml); DE + IR-RRD: DE's and
+    # the authors' IR-RRD settings together
+    "RD": {"rd_weight": 1.0, "rd_k": 10, "rd_lambda": 1.0, "rd_mu": 0.1},
+    "DE": {"de_weight": 0.01, "de_num_experts": 30, "de_anneal_epochs": 1000},
+    "RRD": {"rrd_weight": 0.001, "rrd_temperature": 10.0, "rrd_sampling": "sample", "rrd_k": 40},
+    "DEIRRRD": {"de_weight": 0.01, "rrd_weight": 0.001, "ir_weight": 0.0005, "ir_k": 20, "de_anneal_epochs": 1000},
 }
 # The loss weights first: they decide whether a term matters at all.  DERRD: the temperature
 # before the sampling switch, since `top` makes the temperature irrelevant.
@@ -56,6 +62,10 @@ AXIS_ORDERS = {
     "IRRRD": ("rrd_weight", "ir_weight", "rrd_sampling", "ir_k"),
     "HTD": ("htd_weight", "htd_alpha", "htd_num_groups", "htd_anneal_epochs"),
     "RCEKD": ("rce_weight", "rce_beta", "rce_tau", "rce_k", "rce_sampling"),
+    "RD": ("rd_weight", "rd_k", "rd_lambda", "rd_mu"),
+    "DE": ("de_weight", "de_num_experts", "de_anneal_epochs"),
+    "RRD": ("rrd_weight", "rrd_temperature", "rrd_sampling", "rrd_k"),
+    "DEIRRRD": ("de_weight", "rrd_weight", "ir_weight", "ir_k", "de_anneal_epochs"),
 }
 def grid(model="CD"):
     """[(name, values)] from the shipped <model>.hyper (lines ``name choice [v1, v2, ...]``)."""
