@@ -200,6 +200,25 @@ def verify_checkpoint(checkpoint, path, tconfig, fingerprint):
                               % (path, "\n  - ".join(diffs)))
 
 
+#: the settings a validation score depends on: the same model scored otherwise is another number
+VALIDATION_KEYS = ("eval_args", "valid_metric", "metrics", "topk")
+
+
+def validation_settings_changed(checkpoint, tconfig):
+    """["key: checkpoint has X, this run has Y"] for the evaluation settings under which a
+    plugin teacher checkpoint's best validation score was measured, where they differ from this
+    run's (a teacher trained under sampled ranking, reused in a full-ranking run).  A stock
+    RecBole checkpoint's ``eval_args`` were already verified equal (``SPLIT_KEYS``)."""
+    meta = checkpoint.get("derrd_teacher")
+    if meta is None:
+        return []
+    recorded = meta.get("settings") or {}
+    current = plain_json({k: tconfig[k] for k in VALIDATION_KEYS})
+    # eval_args.mode.test: the test pass's protocol, which a validation score does not depend on
+    return ["%s: checkpoint has %r, this run has %r" % (key, found, now) for key, now, found
+            in changed_keys(current, {k: recorded.get(k) for k in VALIDATION_KEYS}, ignore=("test",))]
+
+
 def train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress=False):
     """Train ``teacher`` with RecBole's Trainer on the student's split; return its best checkpoint.
 
@@ -326,6 +345,13 @@ def prepare_teacher(model, train_data, valid_data, show_progress=False):
                                                show_progress)[0]
     model.teacher_epoch = checkpoint.get("epoch")
     model.teacher_valid_score = checkpoint.get("best_valid_score")
+    if given and model.teacher_valid_score is not None:
+        other = validation_settings_changed(checkpoint, tconfig)
+        if other:
+            logger.info("The teacher's best validation score (%s) was measured under other evaluation "
+                        "settings (%s): it is not reported against this run's validation"
+                        % (_score_text(model.teacher_valid_score), "; ".join(other)))
+            model.teacher_valid_score = None
     teacher_size, student_size = model_size(teacher), model_size(model.student)
     logger.info("Teacher ready: %s, %s parameters, best validation %s %s (epoch %s); student %s, %s "
                 "parameters: phi (student / teacher size) = %s" % (

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from recbole.quick_start import run_recbole as stock_run_recbole
+from recbole.utils import get_model
 
 import recbole_derrd.teacher as teacher_module
 from recbole_derrd.checkpoints import CheckpointError
@@ -69,6 +70,32 @@ def test_teacher_checkpoint_is_loaded_and_verified(tiny, tmp_path):
         run_recbole("RRD", config_dict=dict(given, t_embedding_size=32), saved=False)
     with pytest.raises(CheckpointError, match="checkpoint file not found: .*nope.pth"):
         run_recbole("RRD", config_dict=dict(given, teacher_checkpoint="nope.pth"), saved=False)
+
+
+def test_teacher_validation_score_is_kept_only_under_its_own_protocol(tiny, tmp_path):
+    """A teacher trained under sampled ranking and given to a full-ranking run: its stored best
+    validation score is another protocol's number, so the run reports none (the comparison's
+    teacher lead on validation then reads "-") instead of a lead across protocols."""
+    from recbole_derrd.quick_start import load_data, prepare
+    from recbole_derrd.teacher import prepare_teacher, validation_settings_changed
+
+    run_recbole("RRD", config_dict=dict(tiny, epochs=1), saved=False)
+    cached = os.path.join(tiny["checkpoint_dir"], "teachers", teacher_files(tiny)[0])
+    checkpoint = torch.load(cached, weights_only=False)
+    full = dict(tiny, eval_args=dict(tiny["eval_args"], mode="full"))
+    for settings, kept in ((tiny, True), (full, False)):
+        config, _, train_data, valid_data, _ = prepare("RRD", None, None, dict(
+            settings, epochs=1, teacher_checkpoint=cached, teacher_cache_dir=str(tmp_path / "unused")))
+        model = get_model("RRD")(config, train_data._dataset)
+        changed = validation_settings_changed(checkpoint, model.teacher_config)
+        assert changed == ([] if kept else ["eval_args.mode.valid: checkpoint has 'uni50', this run has 'full'"])
+        prepare_teacher(model, train_data, valid_data)
+        if kept:
+            assert model.teacher_valid_score == pytest.approx(checkpoint["best_valid_score"])
+        else:
+            assert model.teacher_valid_score is None and model.teacher_epoch == checkpoint["epoch"]
+    # a stock RecBole checkpoint carries no plugin record: its eval_args were verified equal
+    assert validation_settings_changed({"state_dict": {}}, model.teacher_config) == []
 
 
 def test_stock_recbole_checkpoint_as_teacher(tiny):
