@@ -156,8 +156,9 @@ def cache_path(config, tconfig, key):
     return os.path.join(folder, "%s-%s-%s.pth" % (tconfig["model"], tconfig["dataset"], key[:16]))
 
 
-def _differences(expected, found):
-    return ["%s: checkpoint has %r, this run has %r" % (key, b, a) for key, a, b in changed_keys(expected, found)]
+def _differences(expected, found, ignore=()):
+    return ["%s: checkpoint has %r, this run has %r" % (key, b, a)
+            for key, a, b in changed_keys(expected, found, ignore)]
 
 
 def _load_weights(teacher, checkpoint, source):
@@ -215,8 +216,7 @@ def validation_settings_changed(checkpoint, tconfig):
     recorded = meta.get("settings") or {}
     current = plain_json({k: tconfig[k] for k in VALIDATION_KEYS})
     # eval_args.mode.test: the test pass's protocol, which a validation score does not depend on
-    return ["%s: checkpoint has %r, this run has %r" % (key, found, now) for key, now, found
-            in changed_keys(current, {k: recorded.get(k) for k in VALIDATION_KEYS}, ignore=("test",))]
+    return _differences(current, {k: recorded.get(k) for k in VALIDATION_KEYS}, ignore=("test",))
 
 
 def train_teacher(teacher, tconfig, train_data, valid_data, path, show_progress=False):

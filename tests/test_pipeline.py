@@ -76,7 +76,7 @@ def test_teacher_validation_score_is_kept_only_under_its_own_protocol(tiny, tmp_
     """A teacher trained under sampled ranking and given to a full-ranking run: its stored best
     validation score is another protocol's number, so the run reports none (the comparison's
     teacher lead on validation then reads "-") instead of a lead across protocols."""
-    from recbole_derrd.quick_start import load_data, prepare
+    from recbole_derrd.quick_start import prepare
     from recbole_derrd.teacher import prepare_teacher, validation_settings_changed
 
     run_recbole("RRD", config_dict=dict(tiny, epochs=1), saved=False)
