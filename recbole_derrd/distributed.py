@@ -4,19 +4,33 @@ RecBole's distributed path (``run(..., nproc=N)``) assumes CUDA: ``Config._init_
 hard-codes NCCL, asserts one GPU id per process and calls ``cuda.set_device``, and the Trainer
 passes ``device_ids`` to DDP.  :func:`install_cpu_distributed` makes a process without a usable
 GPU join with the gloo backend on the CPU, one torch thread per rank; with CUDA, RecBole's own
-NCCL path runs unchanged.  RecBole's ``ensure_dir`` (check, then create) races when several
-ranks create the same folder: :func:`install_race_free_ensure_dir` fixes it.
+NCCL path runs unchanged.  The same patch makes RecBole keep the CPU when asked to: it picks the
+device from ``gpu_id`` alone and writes ``gpu_id`` into ``CUDA_VISIBLE_DEVICES``, so ``use_gpu:
+False`` still trained on GPU 0 and a process started with ``CUDA_VISIBLE_DEVICES=`` (no GPU
+visible, the usual way to force the CPU) saw GPU 0 again (:func:`gpu_hidden`).  RecBole's
+``ensure_dir`` (check, then create) races when several ranks create the same folder:
+:func:`install_race_free_ensure_dir` fixes it.
 """
 
 import os
 
 from recbole_derrd.compat import patch_method
 
+#: ``CUDA_VISIBLE_DEVICES`` as this process started (read when the plugin is imported, before
+#: RecBole's first Config overwrites it): set and empty means the user hid every GPU.
+_STARTED_WITHOUT_GPUS = os.environ.get("CUDA_VISIBLE_DEVICES") == ""
+
+
+def gpu_hidden(config_dict):
+    """True when this run must stay on the CPU although RecBole would pick a GPU: ``use_gpu`` is
+    false, or the process was started with ``CUDA_VISIBLE_DEVICES`` set and empty."""
+    return not config_dict.get("use_gpu", True) or _STARTED_WITHOUT_GPUS
+
 
 def _uses_cpu(config_dict):
     import torch
 
-    return not (config_dict.get("use_gpu", True) and torch.cuda.is_available())
+    return gpu_hidden(config_dict) or not torch.cuda.is_available()
 
 
 def _init_cpu_process_group(config):
@@ -44,6 +58,8 @@ def _init_cpu_process_group(config):
 
 
 def _init_device(self):
+    if gpu_hidden(self.final_config_dict):
+        self.final_config_dict["gpu_id"] = ""  # RecBole then chooses the CPU and exposes no GPU
     if "local_rank" in self.final_config_dict and _uses_cpu(self.final_config_dict):
         return _init_cpu_process_group(self)
     return _init_device.original(self)

@@ -50,17 +50,24 @@ def best_checkpoint_path(last_file):
 def random_states(train_data=None):
     states = {"python": random.getstate(), "numpy": np.random.get_state(),
               "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()  # dropout and sampling on the GPU
     if train_data is not None and getattr(train_data, "generator", None) is not None:
         states["train_loader"] = train_data.generator.get_state()
     return states
 
 
 def restore_random_states(states, train_data=None):
+    """Restore what :func:`random_states` saved.  The checkpoint may have been loaded onto the GPU
+    (RecBole maps it to the run's device), while torch takes RNG states as CPU byte tensors only."""
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
+    torch.set_rng_state(states["torch"].cpu())
+    cuda_states = states.get("cuda")
+    if cuda_states is not None and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([state.cpu() for state in cuda_states])
     if train_data is not None and "train_loader" in states:
-        train_data.generator.set_state(states["train_loader"])
+        train_data.generator.set_state(states["train_loader"].cpu())
 
 
 class SafeCheckpointMixin:

@@ -173,11 +173,11 @@ out = sys.argv[1]
 config = Config(model="BPR", config_file_list=[out + "/BPR-student.yaml"])
 init_seed(config["seed"], config["reproducibility"])
 train, valid, test = data_preparation(config, create_dataset(config))
-model = get_model("BPR")(config, train._dataset)
+model = get_model("BPR")(config, train._dataset).to(config["device"])  # a GPU when there is one
 model.load_state_dict(torch.load(out + "/BPR-student.weights.pt", weights_only=True))
 checkpoint = torch.load(out + "/BPR-student.pth", weights_only=False)
 assert checkpoint["config"]["model"] == "BPR"
-model2 = get_model("BPR")(checkpoint["config"], train._dataset)
+model2 = get_model("BPR")(checkpoint["config"], train._dataset).to(config["device"])
 model2.load_state_dict(checkpoint["state_dict"])
 assert torch.equal(model.user_embedding.weight, model2.user_embedding.weight)
 trainer = Trainer(config, model)
