@@ -14,7 +14,8 @@ import pytest
 # The suite runs on the CPU on every machine: its hand-computed values are CPU values, and its
 # unit tests build models as RecBole's quick start does before moving them to a device.  Set
 # before the plugin is imported, so RecBole keeps it (recbole_derrd.distributed.gpu_hidden);
-# test_gpu.py starts its own processes with the GPUs visible.
+# test_gpu.py starts its own processes with the GPUs the suite was started with.
+GPUS_AT_START = os.environ.get("CUDA_VISIBLE_DEVICES")
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

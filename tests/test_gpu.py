@@ -17,9 +17,11 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import GPUS_AT_START, ROOT
 
 GPU_ENV = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+if GPUS_AT_START is not None:
+    GPU_ENV["CUDA_VISIBLE_DEVICES"] = GPUS_AT_START  # the GPUs the user chose, if any
 
 
 def _gpu_visible():
