@@ -22,6 +22,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 
 
+def gpu_visible_in(env):
+    """Whether a fresh interpreter started with ``env`` sees a CUDA GPU (this one hides them)."""
+    import subprocess
+
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                           capture_output=True, text=True, timeout=300, env=env)
+    return probe.stdout.strip() == "True"
+
+
 def write_tiny_dataset(folder, name="tiny", n_users=60, n_items=150, per_user=14, seed=0):
     """Implicit feedback with popularity skew, in RecBole's atomic format, with timestamps."""
     rng = np.random.default_rng(seed)

@@ -197,22 +197,21 @@ def test_recbole_logger_wraps_stdout_once(monkeypatch):
 def test_recbole_keeps_the_cpu_when_asked(env_value, settings, hidden, workdir):
     """RecBole picks the device from gpu_id alone and writes gpu_id into CUDA_VISIBLE_DEVICES,
     so `use_gpu: False` and a process started with `CUDA_VISIBLE_DEVICES=` both got GPU 0 back."""
+    import json
     import os
     import subprocess
     import sys
+
+    from conftest import ROOT, gpu_visible_in
 
     code = ("import os, sys, json, torch, recbole_derrd\n"
             "from recbole.config import Config\n"
             "config = Config(model='BPR', dataset='ml-100k', config_dict=json.loads(sys.argv[1]))\n"
             "print(json.dumps([config['gpu_id'], str(config['device']), os.environ['CUDA_VISIBLE_DEVICES']]))\n")
-    from conftest import ROOT
-
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     env["PYTHONPATH"] = ROOT
     if env_value is not None:
         env["CUDA_VISIBLE_DEVICES"] = env_value
-    import json
-
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(settings)], capture_output=True, text=True,
                           timeout=300, env=env, cwd=str(workdir))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -221,13 +220,4 @@ def test_recbole_keeps_the_cpu_when_asked(env_value, settings, hidden, workdir):
         assert gpu_id == "" and visible == "" and device == "cpu"
     else:
         assert gpu_id == settings.get("gpu_id", "0") and visible == gpu_id
-        assert device == ("cuda" if _gpu_in_fresh_process(env) else "cpu")
-
-
-def _gpu_in_fresh_process(env):
-    import subprocess
-    import sys
-
-    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
-                           capture_output=True, text=True, timeout=300, env=env)
-    return probe.stdout.strip() == "True"
+        assert device == ("cuda" if gpu_visible_in(env) else "cpu")

@@ -17,7 +17,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import GPUS_AT_START, ROOT
+from conftest import GPUS_AT_START, ROOT, gpu_visible_in
 
 GPU_ENV = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
 if GPUS_AT_START is not None:
@@ -25,11 +25,7 @@ if GPUS_AT_START is not None:
 
 
 def _gpu_visible():
-    if shutil.which("nvidia-smi") is None:
-        return False
-    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
-                           capture_output=True, text=True, env=GPU_ENV, timeout=300)
-    return probe.stdout.strip() == "True"
+    return shutil.which("nvidia-smi") is not None and gpu_visible_in(GPU_ENV)
 
 
 pytestmark = pytest.mark.skipif(not _gpu_visible(), reason="no CUDA GPU visible")
