@@ -317,7 +317,8 @@ def test_grid_point_names_keep_cd_records_names(cd_grid):
 @pytest.mark.parametrize("recipe, model", [("citeulike-derrd-tuned.yaml", "DERRD"), ("citeulike-htd-tuned.yaml", "HTD"),
                                            ("citeulike-rce-tuned.yaml", "RCEKD"),
                                            ("citeulike-rd-tuned.yaml", "RD"),
-                                           ("citeulike-de-tuned.yaml", "DE")])
+                                           ("citeulike-de-tuned.yaml", "DE"),
+                                           ("citeulike-deirrrd-tuned.yaml", "DEIRRRD")])
 def test_each_citeulike_recipe_is_a_point_of_its_models_grid(cd_grid, recipe, model):
     """A recipe chosen by method_grid.py holds only its model's grid keys, each at a grid value
     (a typo in a key would otherwise be ignored by RecBole and the recipe silently not applied)."""
