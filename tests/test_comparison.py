@@ -185,6 +185,39 @@ def test_cell_settings_leave_out_paths_and_name_what_changed(tiny, tmp_path):
     assert differences(base, description(epochs=9), ignore=("epochs",)) == []
 
 
+def test_cell_settings_tell_teacher_checkpoints_apart_by_content(tiny, tmp_path):
+    """Another teacher file is another teacher (its cells are not reused), a moved copy is the
+    same one, and cells recorded before the digest existed are compared without it."""
+    import hashlib
+    import shutil
+
+    from recbole.config import Config
+
+    from recbole_derrd.harness.cell_settings import CHECKPOINT_DIGEST, describe, differences
+    from recbole_derrd.registration import PLUGIN_MODELS
+
+    first, second = tmp_path / "first.pth", tmp_path / "second.pth"
+    first.write_bytes(b"teacher one")
+    second.write_bytes(b"teacher two")
+    moved = tmp_path / "moved" / "first.pth"
+    moved.parent.mkdir()
+    shutil.copy(first, moved)
+
+    def description(path):
+        config = Config(model="DERRD", config_dict=dict(tiny, teacher_checkpoint=str(path)))
+        return describe("DERRD", config, PLUGIN_MODELS["DERRD"])
+
+    one = description(first)
+    assert one["teacher"][CHECKPOINT_DIGEST] == hashlib.sha256(b"teacher one").hexdigest()
+    assert differences(one, description(moved)) == []
+    changed = differences(one, description(second))
+    assert len(changed) == 1 and changed[0].startswith("teacher.%s: recorded '" % CHECKPOINT_DIGEST)
+    older = dict(one, teacher={k: v for k, v in one["teacher"].items() if k != CHECKPOINT_DIGEST})
+    assert differences(older, description(second)) == []
+    # a missing file is left to the teacher loader's own error
+    assert CHECKPOINT_DIGEST not in description(tmp_path / "absent.pth")["teacher"]
+
+
 def test_teacher_lead_against_hand_values():
     def cell(method, seed, test, valid):
         return {"method": method, "seed": seed, "model": "BPR", "parameters": 1, "test_result": {"ndcg@10": test},

@@ -8,8 +8,13 @@ records the settings that decide its result (:func:`describe`): the stock yaml k
 backbone(s), RecBole's training and dataset keys, the plugin keys of its method, and for a
 distilled method the teacher's resolved settings (the ``t_`` overrides applied).  Paths and
 output switches are left out (:data:`BOOKKEEPING_KEYS`): moving the data or the teacher cache
-changes no result.  :func:`differences` names what changed, for the refusal.
+changes no result.  A given ``teacher_checkpoint`` is identified by its content instead of its
+path (:data:`CHECKPOINT_DIGEST`): another teacher file in the same folder is another teacher,
+whatever the ``t_`` keys say.  :func:`differences` names what changed, for the refusal.
 """
+
+import hashlib
+import os
 
 from recbole_derrd.config import plugin_defaults, stock_model_yaml, teacher_config
 from recbole_derrd.teacher import changed_keys, plain_json, run_settings
@@ -25,6 +30,10 @@ SETTINGS_FILE = "cell-settings.json"
 #: what it was before the key existed: described only when set otherwise, so that cells recorded
 #: earlier stay reusable under the new key's default
 ADDED_KEYS = {"ir_rows": "batch", "ir_max_rows": 0, "rrd_max_rows": 0, "de_every": 1, "htd_rows": "batch"}
+#: the teacher description's entry for the content of a given ``teacher_checkpoint``; cells
+#: recorded before it existed lack it and are compared without it
+CHECKPOINT_DIGEST = "checkpoint_sha256"
+_digests = {}
 
 
 def _backbone_settings(config, extra_keys=()):
@@ -34,9 +43,28 @@ def _backbone_settings(config, extra_keys=()):
 
 
 def teacher_description(config):
-    """The resolved settings of the teacher of a plugin ``config`` (the ``t_`` keys applied)."""
+    """The resolved settings of the teacher of a plugin ``config`` (the ``t_`` keys applied),
+    and the content digest of its ``teacher_checkpoint`` when one is given."""
     tconfig = teacher_config(config)
-    return plain_json({"model": tconfig["model"], "settings": _backbone_settings(tconfig)})
+    description = {"model": tconfig["model"], "settings": _backbone_settings(tconfig)}
+    path = config["teacher_checkpoint"] if "teacher_checkpoint" in config else None
+    if path and os.path.isfile(path):  # a missing file is the teacher loader's error to report
+        description[CHECKPOINT_DIGEST] = checkpoint_digest(path)
+    return plain_json(description)
+
+
+def checkpoint_digest(path):
+    """sha256 of a file's bytes, remembered per (path, size, mtime): a comparison describes its
+    cells several times and a teacher file can be hundreds of MiB."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _digests:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _digests[key] = digest.hexdigest()
+    return _digests[key]
 
 
 def describe_teacher_cell(method, holder_config):
@@ -60,5 +88,11 @@ def describe(method, config, plugin_class=None):
 
 
 def differences(recorded, current, ignore=()):
-    """['key: recorded X, now Y', ...] between two descriptions (nested keys dotted)."""
+    """['key: recorded X, now Y', ...] between two descriptions (nested keys dotted); a teacher
+    checkpoint's digest counts only when the recorded cell has one (older cells do not)."""
+    recorded_teacher = recorded.get("teacher")
+    if isinstance(recorded_teacher, dict) and CHECKPOINT_DIGEST not in recorded_teacher:
+        current = dict(current)
+        if isinstance(current.get("teacher"), dict):
+            current["teacher"] = {k: v for k, v in current["teacher"].items() if k != CHECKPOINT_DIGEST}
     return ["%s: recorded %r, now %r" % change for change in changed_keys(recorded, current, ignore)]
