@@ -47,7 +47,7 @@ def teacher_description(config):
     and the content digest of its ``teacher_checkpoint`` when one is given."""
     tconfig = teacher_config(config)
     description = {"model": tconfig["model"], "settings": _backbone_settings(tconfig)}
-    path = config["teacher_checkpoint"] if "teacher_checkpoint" in config else None
+    path = config["teacher_checkpoint"]
     if path and os.path.isfile(path):  # a missing file is the teacher loader's error to report
         description[CHECKPOINT_DIGEST] = checkpoint_digest(path)
     return plain_json(description)
