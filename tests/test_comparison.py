@@ -6,6 +6,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 
 import recbole_derrd.harness.comparison as comparison
@@ -78,6 +79,21 @@ def test_comparison_writes_tables_and_plot_and_skips_finished_cells(tiny, tmp_pa
     # every method saw the same test users
     cells = report["cells"]
     assert len({len(c["per_user"]["ndcg@10"]) for c in cells.values()}) == 1
+    # the teacher against the student alone on validation, per user, reported once both cells
+    # are there: before the first distilled cell trains
+    first_out = capsys.readouterr().out
+    valid_tests = report["summary"]["teacher_valid_tests"]
+    assert [t["metric"] for t in valid_tests] == ["ndcg@10", "hit@10"]
+    teacher_users, student_users = teacher["valid_per_user"]["ndcg@10"], student["valid_per_user"]["ndcg@10"]
+    assert len(teacher_users) == len(student_users) == valid_tests[0]["n_users"] > 0
+    assert valid_tests[0]["mean_diff"] == pytest.approx(np.mean(teacher_users) - np.mean(student_users))
+    line = first_out.index("seed 0: teacher vs student alone on validation, ndcg@10")
+    assert line < first_out.index("RD, seed 0: training")
+    from recbole_derrd.harness.side_by_side import teacher_clearly_better
+    assert ("little to transfer" in first_out) == (not teacher_clearly_better(valid_tests[0]))
+    assert "On validation (the student alone's best model; no test data)" in table
+    assert all("valid_per_user" not in c for c in data["cells"])  # kept in the cells' own files only
+    assert "valid_per_user" not in cells[("DERRD", 0)]
 
     # finished cells are never recomputed
     def no_training(*args, **kwargs):
@@ -242,6 +258,37 @@ def test_teacher_lead_against_hand_values():
     cells[("Student", 0)]["seconds_per_epoch"], cells[("Student", 1)]["seconds_per_epoch"] = 3.0, 1.0
     rows = {r["method"]: r for r in comparison.summarise(cells, ["Teacher", "Student"], [0, 1])["rows"]}
     assert rows["Student"]["seconds_per_epoch"] == 2.0 and rows["Teacher"]["seconds_per_epoch"] is None
+
+
+def test_teacher_validation_test_and_warning_against_hand_values():
+    """Per user, averaged over seeds; the warning exactly when the teacher's validation NDCG@10
+    is not significantly above the student alone's."""
+    def cell(method, seed, valid):
+        return {"method": method, "seed": seed, "valid_per_user": {"ndcg@10": valid, "hit@10": valid}}
+
+    teacher = [0.9, 0.8, 0.7, 0.9, 0.6, 0.8, 0.7, 0.9, 0.8, 0.6]
+    student = [0.1, 0.2, 0.3, 0.1, 0.2, 0.4, 0.3, 0.1, 0.2, 0.4]
+    cells = {("Teacher", 0): cell("Teacher", 0, teacher), ("Teacher", 1): cell("Teacher", 1, teacher),
+             ("Student", 0): cell("Student", 0, student), ("Student", 1): cell("Student", 1, [0.0] * 10)}
+    tests = comparison.teacher_validation_tests(cells, ["Teacher", "Student"], [0, 1])
+    # student averaged over its seeds: .05 .1 .15 .05 .1 .2 .15 .05 .1 .2 (mean .115); teacher .77
+    assert tests[0]["metric"] == "ndcg@10" and tests[0]["n_users"] == 10
+    assert tests[0]["mean_diff"] == pytest.approx(0.77 - 0.115)
+    assert tests[0]["p_value"] < 0.01  # ten users, all better: exact two-sided p = 2 / 2**10
+    assert comparison.teacher_warning({"teacher_valid_tests": tests}) is None
+    # a teacher level with its student: the one-line warning, naming the remedy
+    cells[("Teacher", 0)]["valid_per_user"] = cells[("Teacher", 1)]["valid_per_user"] = {
+        "ndcg@10": student, "hit@10": student}
+    cells[("Student", 1)]["valid_per_user"] = {"ndcg@10": student, "hit@10": student}
+    warning = comparison.teacher_warning({"teacher_valid_tests": comparison.teacher_validation_tests(
+        cells, ["Teacher", "Student"], [0, 1])})
+    assert warning.startswith("Warning: the teacher is not significantly better") and "tune_teacher" in warning
+    assert "\n" not in warning
+    # cells written before the validation metrics were kept, or no Student row: no test
+    del cells[("Student", 1)]["valid_per_user"]
+    assert comparison.teacher_validation_tests(cells, ["Teacher", "Student"], [0, 1]) is None
+    assert comparison.teacher_validation_tests(cells, ["Teacher", "DERRD"], [0]) is None
+    assert comparison.teacher_warning({"teacher_valid_tests": None}) is None
 
 
 def test_seed_statistics_against_hand_values():

@@ -7,7 +7,9 @@ recomputed; an interrupted cell restarts from its last per-epoch checkpoint (``-
 Both only under the settings the cell recorded (:mod:`~recbole_derrd.harness.cell_settings`): a
 cell run with other settings is refused, naming what changed, instead of being mixed in.
 The teacher of each seed is trained once into ``<out_dir>/teachers`` and shared by all
-distilled methods. After the last cell, the tables are written as ``comparison.md``,
+distilled methods. The Teacher and Student cells also keep their per-user validation metrics:
+the summary tests the teacher against the student alone on validation and warns when it is not
+significantly better (distillation then has little to transfer). After the last cell, the tables are written as ``comparison.md``,
 ``comparison.csv`` and ``comparison.json``, and (with matplotlib, an optional extra)
 ``comparison.png``: accuracy against parameters and against inference time.  Each seed's
 teacher is prepared before its cells, so no method's train time includes it.
@@ -167,9 +169,12 @@ def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir, exte
     result, model, per_user = train_and_test(config, data, train_data, valid_data, test_data, saved=True)
     elapsed = time.perf_counter() - start
     deployable = getattr(model, "student", model)
+    # the student alone's per-user validation metrics (its best model, loaded for the test):
+    # what the teacher is tested against before anyone looks at test
+    valid_users = _validation_per_user(config, model, valid_data) if method == STUDENT else None
     return {
         "method": method, "seed": seed, "model": config["model"], "settings": description,
-        **_tested(result["test_result"], per_user, config),
+        **_tested(result["test_result"], per_user, config, valid_users),
         "best_valid_result": {k: float(v) for k, v in result["best_valid_result"].items()},
         "parameters": int(model_size(deployable)),
         "train_and_test_seconds": elapsed, "resumed_from": last,
@@ -181,13 +186,30 @@ def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir, exte
     }
 
 
-def _tested(test_result, per_user, config):
-    """The test fields every cell shares: metrics, per-user metrics for the paired tests, mode."""
-    return {
+def _tested(test_result, per_user, config, valid_per_user=None):
+    """The test fields every cell shares: metrics, per-user metrics for the paired tests, mode
+    (and, for the Teacher and Student cells, the per-user validation metrics)."""
+    tested = {
         "test_result": {k: float(v) for k, v in test_result.items()},
-        "per_user": {m: np.asarray(per_user[m]).tolist() for m in PAIRED_METRICS if m in per_user},
+        "per_user": _per_user_lists(per_user),
         "test_mode": _test_mode(config),
     }
+    if valid_per_user is not None:
+        tested["valid_per_user"] = _per_user_lists(valid_per_user)
+    return tested
+
+
+def _per_user_lists(per_user):
+    return {m: np.asarray(per_user[m]).tolist() for m in PAIRED_METRICS if m in per_user}
+
+
+def _validation_per_user(config, model, valid_data):
+    """Per-user validation metrics of ``model`` as it is (re-seeded: the same negatives for the
+    teacher and the student alone under sampled evaluation)."""
+    from recbole_derrd.evaluation import comparable_test
+    from recbole_derrd.trainer import safe_trainer
+
+    return comparable_test(safe_trainer(config, model), valid_data, load_best_model=False)[1]
 
 
 def _test_mode(config):
@@ -214,7 +236,8 @@ def cell_epochs(checkpoint_dir):
 
 
 def _seed_teacher(seed, dataset, config_file_list, config_dict, out_dir):
-    """(HOLDER model holding the seed's trained teacher, its config, test data, seconds spent)."""
+    """(HOLDER model holding the seed's trained teacher, its config, (validation, test) data,
+    seconds spent)."""
     from recbole.config import Config
     from recbole.utils import get_model
 
@@ -227,7 +250,7 @@ def _seed_teacher(seed, dataset, config_file_list, config_dict, out_dir):
     model = get_model(HOLDER)(config, train_data._dataset)
     start = time.perf_counter()
     prepare_teacher(model, train_data, valid_data, show_progress=config["show_progress"])
-    return model, config, test_data, time.perf_counter() - start
+    return model, config, (valid_data, test_data), time.perf_counter() - start
 
 
 def _teacher_cell(seed, dataset, config_file_list, config_dict, out_dir):
@@ -237,15 +260,16 @@ def _teacher_cell(seed, dataset, config_file_list, config_dict, out_dir):
     """
     from recbole_derrd.harness.side_by_side import teacher_row
 
-    model, config, test_data, prepare_seconds = _seed_teacher(seed, dataset, config_file_list,
-                                                              config_dict, out_dir)
+    model, config, (valid_data, test_data), prepare_seconds = _seed_teacher(seed, dataset, config_file_list,
+                                                                            config_dict, out_dir)
     description = describe_teacher_cell(TEACHER, config)
     start = time.perf_counter()
     row, per_user = teacher_row(model, config, test_data)
     elapsed = time.perf_counter() - start
+    valid_users = _validation_per_user(model.teacher_config, model.teacher, valid_data)
     return {
         "method": TEACHER, "seed": seed, "model": model.teacher_config["model"], "settings": description,
-        **_tested(row["test_result"], per_user, config),
+        **_tested(row["test_result"], per_user, config, valid_users),
         "best_valid_result": _teacher_validation(model, config), "parameters": int(row["parameters"]),
         "train_and_test_seconds": None, "test_seconds": elapsed, "resumed_from": None,
         "teacher_prepare_seconds": prepare_seconds,
@@ -314,7 +338,34 @@ def summarise(cells, methods, seeds):
                 t = paired_test(per_user(reference), per_user(row["method"]), metric)
                 tests.append(dict(t, method=row["method"], reference=reference))
     tests.sort(key=lambda t: order[t["method"]])  # stable: the student-alone test stays first
-    return {"rows": rows, "metrics": metrics, "best": best, "best_baseline": best_baseline, "tests": tests}
+    return {"rows": rows, "metrics": metrics, "best": best, "best_baseline": best_baseline, "tests": tests,
+            "teacher_valid_tests": teacher_validation_tests(cells, methods, seeds)}
+
+
+def teacher_validation_tests(cells, methods, seeds):
+    """The teacher against the student alone on validation, per user (averaged over seeds),
+    one test per paired metric; ``None`` when a Teacher or Student cell lacks the per-user
+    validation metrics (not run, or written before they were kept)."""
+    if TEACHER not in methods or STUDENT not in methods:
+        return None
+    runs = {m: [cells[(m, s)].get("valid_per_user") for s in seeds] for m in (TEACHER, STUDENT)}
+    if not all(runs[TEACHER]) or not all(runs[STUDENT]):
+        return None
+    teacher, student = per_user_over_seeds(runs[TEACHER]), per_user_over_seeds(runs[STUDENT])
+    return [dict(paired_test(student, teacher, m), method=TEACHER, reference=STUDENT) for m in PAIRED_METRICS]
+
+
+def teacher_warning(summary):
+    """The one-line warning when the teacher is not significantly better than the student alone
+    on validation NDCG@10 (None otherwise, or without the test)."""
+    from recbole_derrd.harness.side_by_side import teacher_clearly_better
+
+    test = next((t for t in summary.get("teacher_valid_tests") or () if t["metric"] == "ndcg@10"), None)
+    if test is None or teacher_clearly_better(test):
+        return None
+    return ("Warning: the teacher is not significantly better than the student alone on validation "
+            "(NDCG@10 per user %+.4f, Wilcoxon p = %.3g): distillation has little to transfer; tune the "
+            "teacher (tune_teacher)." % (test["mean_diff"], test["p_value"]))
 
 
 def _add_teacher_gaps(rows, cells, methods, seeds, test_metric="ndcg@10"):
@@ -401,6 +452,14 @@ def markdown(summary, title):
                 else ""),
              "",
              markdown_table(["method", "vs", "metric", "mean per-user difference", "Wilcoxon p", "users"], tests)]
+    valid_tests = summary.get("teacher_valid_tests")
+    if valid_tests:
+        lines += ["", "On validation (the student alone's best model; no test data): " + "; ".join(
+            "teacher vs student alone, %s: mean per-user difference %+.4f, Wilcoxon p = %.3g (%d users)"
+            % (t["metric"], t["mean_diff"], t["p_value"], t["n_users"]) for t in valid_tests) + "."]
+        warning = teacher_warning(summary)
+        if warning:
+            lines += ["", "**%s**" % warning]
     return "\n".join(lines) + "\n"
 
 
@@ -428,7 +487,8 @@ def write_outputs(summary, cells, out_dir, title):
     paths["csv"] = atomic_write_text(os.path.join(out_dir, "comparison.csv"), table.getvalue())
     paths["json"] = atomic_write_text(os.path.join(out_dir, "comparison.json"), json.dumps(
         {"title": title, **{k: v for k, v in summary.items()},
-         "cells": [{k: v for k, v in c.items() if k != "per_user"} for c in cells.values()]}, indent=1))
+         "cells": [{k: v for k, v in c.items() if k not in ("per_user", "valid_per_user")}
+                   for c in cells.values()]}, indent=1))
     paths["per_user"] = atomic_write_text(os.path.join(out_dir, PER_USER_FILE), json.dumps(
         per_user_record(cells, title)))
     paths["png"] = plot(summary, os.path.join(out_dir, "comparison.png"))
@@ -522,7 +582,7 @@ def run_comparison(dataset=None, config_file_list=None, config_dict=None, method
     methods = tuple(methods) + tuple(b for b in baselines if b not in methods)
     from recbole_derrd.registration import PLUGIN_MODELS
 
-    cells, teacher_seconds = {}, {}
+    cells, teacher_seconds, reported = {}, {}, set()
     todo = [(m, s) for s in seeds for m in methods]
     for number, (method, seed) in enumerate(todo, 1):
         path = _cell_path(out_dir, method, seed)
@@ -551,6 +611,7 @@ def run_comparison(dataset=None, config_file_list=None, config_dict=None, method
             else:
                 stream.write("[%d/%d] %s, seed %d: done before, skipped\n" % (number, len(todo), method, seed))
             cells[(method, seed)] = cell
+            _report_teacher_gap(cells, seed, stream, reported)
             continue
         stream.write("[%d/%d] %s, seed %d: %s\n" % (
             number, len(todo), method, seed,
@@ -559,6 +620,7 @@ def run_comparison(dataset=None, config_file_list=None, config_dict=None, method
         result = run_cell(method, seed, dataset, config_file_list, config_dict, out_dir)
         _write_json_atomically(result, path)
         cells[(method, seed)] = result
+        _report_teacher_gap(cells, seed, stream, reported)
         if method == TEACHER:  # the Teacher cell prepared the seed's teacher: no pre-step after it
             teacher_seconds.setdefault(seed, result["teacher_prepare_seconds"])
         stream.write("[%d/%d] %s, seed %d: NDCG@10 %.4f (%.0f s)\n" % (
@@ -569,9 +631,32 @@ def run_comparison(dataset=None, config_file_list=None, config_dict=None, method
                                            cells[(methods[0], seeds[0])]["test_mode"])
     summary["teacher_seconds_this_run"] = teacher_seconds
     paths = write_outputs(summary, cells, out_dir, title)
+    warning = teacher_warning(summary)
+    if warning:
+        getLogger().warning(warning)
     stream.write(markdown(summary, title))
     stream.write("written: %s\n" % ", ".join(p for p in paths.values() if p))
     return {"summary": summary, "paths": paths, "cells": cells}
+
+
+def _report_teacher_gap(cells, seed, stream, reported):
+    """Once a seed's Teacher and Student cells are both there (before its distilled cells run):
+    the teacher against the student alone on validation, and the warning when it is not
+    significantly better."""
+    if seed in reported or (TEACHER, seed) not in cells or (STUDENT, seed) not in cells:
+        return
+    reported.add(seed)
+    summary = {"teacher_valid_tests": teacher_validation_tests(cells, (TEACHER, STUDENT), [seed])}
+    if not summary["teacher_valid_tests"]:
+        return
+    test = summary["teacher_valid_tests"][0]
+    stream.write("seed %d: teacher vs student alone on validation, %s: mean per-user difference %+.4f, "
+                 "Wilcoxon p = %.3g\n" % (seed, test["metric"], test["mean_diff"], test["p_value"]))
+    warning = teacher_warning(summary)
+    if warning:
+        stream.write("seed %d: %s\n" % (seed, warning))
+        getLogger().warning("seed %d: %s" % (seed, warning))
+    stream.flush()
 
 
 def _can_continue(cell, cap):
