@@ -8,11 +8,12 @@ Both only under the settings the cell recorded (:mod:`~recbole_derrd.harness.cel
 cell run with other settings is refused, naming what changed, instead of being mixed in.
 The teacher of each seed is trained once into ``<out_dir>/teachers`` and shared by all
 distilled methods. The Teacher and Student cells also keep their per-user validation metrics:
-the summary tests the teacher against the student alone on validation and warns when it is not
-significantly better (distillation then has little to transfer). After the last cell, the tables are written as ``comparison.md``,
-``comparison.csv`` and ``comparison.json``, and (with matplotlib, an optional extra)
-``comparison.png``: accuracy against parameters and against inference time.  Each seed's
-teacher is prepared before its cells, so no method's train time includes it.
+the teacher is tested against the student alone on validation, with a warning when it is not
+significantly better (distillation then has little to transfer). After the last cell, the
+tables are written as ``comparison.md``, ``comparison.csv`` and ``comparison.json``, and (with
+matplotlib, an optional extra) ``comparison.png``: accuracy against parameters and against
+inference time.  Each seed's teacher is prepared before its cells, so no method's train time
+includes it.
 
     python run_recbole_derrd.py --compare=all --seeds=0,1,2 --baselines=Pop,ItemKNN \\
         --out_dir=comparison/ml-100k
