@@ -275,20 +275,19 @@ def test_teacher_validation_test_and_warning_against_hand_values():
     assert tests[0]["metric"] == "ndcg@10" and tests[0]["n_users"] == 10
     assert tests[0]["mean_diff"] == pytest.approx(0.77 - 0.115)
     assert tests[0]["p_value"] < 0.01  # ten users, all better: exact two-sided p = 2 / 2**10
-    assert comparison.teacher_warning({"teacher_valid_tests": tests}) is None
+    assert comparison.teacher_warning(tests) is None
     # a teacher level with its student: the one-line warning, naming the remedy
     cells[("Teacher", 0)]["valid_per_user"] = cells[("Teacher", 1)]["valid_per_user"] = {
         "ndcg@10": student, "hit@10": student}
     cells[("Student", 1)]["valid_per_user"] = {"ndcg@10": student, "hit@10": student}
-    warning = comparison.teacher_warning({"teacher_valid_tests": comparison.teacher_validation_tests(
-        cells, ["Teacher", "Student"], [0, 1])})
+    warning = comparison.teacher_warning(comparison.teacher_validation_tests(cells, ["Teacher", "Student"], [0, 1]))
     assert warning.startswith("Warning: the teacher is not significantly better") and "tune_teacher" in warning
     assert "\n" not in warning
     # cells written before the validation metrics were kept, or no Student row: no test
     del cells[("Student", 1)]["valid_per_user"]
     assert comparison.teacher_validation_tests(cells, ["Teacher", "Student"], [0, 1]) is None
     assert comparison.teacher_validation_tests(cells, ["Teacher", "DERRD"], [0]) is None
-    assert comparison.teacher_warning({"teacher_valid_tests": None}) is None
+    assert comparison.teacher_warning(None) is None
 
 
 def test_seed_statistics_against_hand_values():

@@ -170,9 +170,11 @@ def run_cell(method, seed, dataset, config_file_list, config_dict, out_dir, exte
     result, model, per_user = train_and_test(config, data, train_data, valid_data, test_data, saved=True)
     elapsed = time.perf_counter() - start
     deployable = getattr(model, "student", model)
+    from recbole_derrd.harness.side_by_side import validation_per_user
+
     # the student alone's per-user validation metrics (its best model, loaded for the test):
     # what the teacher is tested against before anyone looks at test
-    valid_users = _validation_per_user(config, model, valid_data) if method == STUDENT else None
+    valid_users = validation_per_user(config, model, valid_data) if method == STUDENT else None
     return {
         "method": method, "seed": seed, "model": config["model"], "settings": description,
         **_tested(result["test_result"], per_user, config, valid_users),
@@ -202,15 +204,6 @@ def _tested(test_result, per_user, config, valid_per_user=None):
 
 def _per_user_lists(per_user):
     return {m: np.asarray(per_user[m]).tolist() for m in PAIRED_METRICS if m in per_user}
-
-
-def _validation_per_user(config, model, valid_data):
-    """Per-user validation metrics of ``model`` as it is (re-seeded: the same negatives for the
-    teacher and the student alone under sampled evaluation)."""
-    from recbole_derrd.evaluation import comparable_test
-    from recbole_derrd.trainer import safe_trainer
-
-    return comparable_test(safe_trainer(config, model), valid_data, load_best_model=False)[1]
 
 
 def _test_mode(config):
@@ -259,7 +252,7 @@ def _teacher_cell(seed, dataset, config_file_list, config_dict, out_dir):
 
     It prepares (trains or loads) the seed's teacher itself; ``teacher_prepare_seconds`` is that time.
     """
-    from recbole_derrd.harness.side_by_side import teacher_row
+    from recbole_derrd.harness.side_by_side import teacher_row, validation_per_user
 
     model, config, (valid_data, test_data), prepare_seconds = _seed_teacher(seed, dataset, config_file_list,
                                                                             config_dict, out_dir)
@@ -267,7 +260,7 @@ def _teacher_cell(seed, dataset, config_file_list, config_dict, out_dir):
     start = time.perf_counter()
     row, per_user = teacher_row(model, config, test_data)
     elapsed = time.perf_counter() - start
-    valid_users = _validation_per_user(model.teacher_config, model.teacher, valid_data)
+    valid_users = validation_per_user(model.teacher_config, model.teacher, valid_data)
     return {
         "method": TEACHER, "seed": seed, "model": model.teacher_config["model"], "settings": description,
         **_tested(row["test_result"], per_user, config, valid_users),
@@ -356,17 +349,14 @@ def teacher_validation_tests(cells, methods, seeds):
     return [dict(paired_test(student, teacher, m), method=TEACHER, reference=STUDENT) for m in PAIRED_METRICS]
 
 
-def teacher_warning(summary):
-    """The one-line warning when the teacher is not significantly better than the student alone
-    on validation NDCG@10 (None otherwise, or without the test)."""
-    from recbole_derrd.harness.side_by_side import teacher_clearly_better
+def teacher_warning(valid_tests):
+    """The one-line warning when ``valid_tests`` (:func:`teacher_validation_tests`) find the
+    teacher not significantly better than the student alone on validation NDCG@10 (None
+    otherwise, or without the tests)."""
+    from recbole_derrd.harness.side_by_side import teacher_gap_warning
 
-    test = next((t for t in summary.get("teacher_valid_tests") or () if t["metric"] == "ndcg@10"), None)
-    if test is None or teacher_clearly_better(test):
-        return None
-    return ("Warning: the teacher is not significantly better than the student alone on validation "
-            "(NDCG@10 per user %+.4f, Wilcoxon p = %.3g): distillation has little to transfer; tune the "
-            "teacher (tune_teacher)." % (test["mean_diff"], test["p_value"]))
+    test = next((t for t in valid_tests or () if t["metric"] == "ndcg@10"), None)
+    return None if test is None else teacher_gap_warning(test)
 
 
 def _add_teacher_gaps(rows, cells, methods, seeds, test_metric="ndcg@10"):
@@ -458,7 +448,7 @@ def markdown(summary, title):
         lines += ["", "On validation (the student alone's best model; no test data): " + "; ".join(
             "teacher vs student alone, %s: mean per-user difference %+.4f, Wilcoxon p = %.3g (%d users)"
             % (t["metric"], t["mean_diff"], t["p_value"], t["n_users"]) for t in valid_tests) + "."]
-        warning = teacher_warning(summary)
+        warning = teacher_warning(valid_tests)
         if warning:
             lines += ["", "**%s**" % warning]
     return "\n".join(lines) + "\n"
@@ -632,7 +622,7 @@ def run_comparison(dataset=None, config_file_list=None, config_dict=None, method
                                            cells[(methods[0], seeds[0])]["test_mode"])
     summary["teacher_seconds_this_run"] = teacher_seconds
     paths = write_outputs(summary, cells, out_dir, title)
-    warning = teacher_warning(summary)
+    warning = teacher_warning(summary["teacher_valid_tests"])
     if warning:
         getLogger().warning(warning)
     stream.write(markdown(summary, title))
@@ -647,13 +637,13 @@ def _report_teacher_gap(cells, seed, stream, reported):
     if seed in reported or (TEACHER, seed) not in cells or (STUDENT, seed) not in cells:
         return
     reported.add(seed)
-    summary = {"teacher_valid_tests": teacher_validation_tests(cells, (TEACHER, STUDENT), [seed])}
-    if not summary["teacher_valid_tests"]:
+    valid_tests = teacher_validation_tests(cells, (TEACHER, STUDENT), [seed])
+    if not valid_tests:
         return
-    test = summary["teacher_valid_tests"][0]
+    test = valid_tests[0]
     stream.write("seed %d: teacher vs student alone on validation, %s: mean per-user difference %+.4f, "
                  "Wilcoxon p = %.3g\n" % (seed, test["metric"], test["mean_diff"], test["p_value"]))
-    warning = teacher_warning(summary)
+    warning = teacher_warning(valid_tests)
     if warning:
         stream.write("seed %d: %s\n" % (seed, warning))
         getLogger().warning("seed %d: %s" % (seed, warning))

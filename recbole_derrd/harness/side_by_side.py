@@ -33,15 +33,30 @@ def teacher_gap_on_validation(distilled, student, student_config, valid_data):
 
     A teacher that is not clearly better than its student has little to transfer; the test
     uses validation only, so it can guide tuning the teacher without looking at test."""
-    _, teacher_users = comparable_test(safe_trainer(distilled.teacher_config, distilled.teacher), valid_data,
-                                       load_best_model=False)
-    _, student_users = comparable_test(safe_trainer(student_config, student), valid_data, load_best_model=False)
+    teacher_users = validation_per_user(distilled.teacher_config, distilled.teacher, valid_data)
+    student_users = validation_per_user(student_config, student, valid_data)
     return [paired_test(student_users, teacher_users, m) for m in PAIRED_METRICS if m in student_users]
+
+
+def validation_per_user(config, model, valid_data):
+    """Per-user validation metrics of ``model`` as it is (re-seeded: the same negatives for the
+    teacher and the student alone under sampled evaluation)."""
+    return comparable_test(safe_trainer(config, model), valid_data, load_best_model=False)[1]
 
 
 def teacher_clearly_better(test, alpha=0.05):
     """The teacher's mean per-user gain is positive and significant at ``alpha``."""
     return test["mean_diff"] > 0 and test["p_value"] < alpha
+
+
+def teacher_gap_warning(test):
+    """The one-line warning for a validation test of the teacher against the student alone that
+    is not :func:`teacher_clearly_better` (None when it is)."""
+    if teacher_clearly_better(test):
+        return None
+    return ("Warning: the teacher is not significantly better than the student alone on validation "
+            "(%s per user %+.4f, Wilcoxon p = %.3g): distillation has little to transfer; tune the "
+            "teacher (tune_teacher)." % (test["metric"], test["mean_diff"], test["p_value"]))
 
 
 def backbone_label(adapter):
@@ -111,9 +126,9 @@ def run_side_by_side(model="DERRD", dataset=None, config_file_list=None, config_
     lines.append("Teacher vs student alone on validation, %s: mean per-user difference %+.4f, "
                  "Wilcoxon signed-rank p = %.3g (%d users)"
                  % (gap["metric"], gap["mean_diff"], gap["p_value"], gap["n_users"]))
-    if not teacher_clearly_better(gap):
-        lines.append("Warning: the teacher is not significantly better than the student alone on "
-                     "validation: distillation has little to transfer; tune the teacher first.")
+    warning = teacher_gap_warning(gap)
+    if warning:
+        lines.append(warning)
     if exported:
         lines.append("Exported student: %s" % ", ".join(exported.values()))
     stream.write("\n".join(lines) + "\n")
